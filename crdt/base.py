@@ -1,0 +1,56 @@
+"""The contract every rumor CRDT implements.
+
+Each type is a join-semilattice with delta mutators (Almeida, Shoker and
+Baquero, "Delta State Replicated Data Types", 2018): a mutator changes the
+replica in place and returns a delta of the same type, and a delta joins
+exactly like a full state.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Self
+
+from .errors import DecodeError
+
+
+class CRDT(ABC):
+    #: Stable wire tag; never reuse a retired one.
+    TYPE_TAG: ClassVar[int]
+    __slots__ = ()
+
+    @abstractmethod
+    def merge(self, other: Self) -> None:
+        """Join `other` into `self`, in place."""
+
+    @abstractmethod
+    def copy(self) -> Self:
+        """An independent copy."""
+
+    @property
+    @abstractmethod
+    def value(self) -> Any:
+        """The plain Python value (an int, a frozenset, a dict...)."""
+
+    @abstractmethod
+    def to_wire(self) -> Any:
+        """msgpack-ready primitives; canonical, so equal states encode equally."""
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        """Rebuild from wire primitives; raises `DecodeError` for anything malformed."""
+        try:
+            return cls._from_wire(obj)
+        except DecodeError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as e:
+            # A validation hole must still look like a remote error, not a crash.
+            raise DecodeError(f"{cls.__name__}: malformed wire state ({e})") from e
+
+    @classmethod
+    @abstractmethod
+    def _from_wire(cls, obj: Any) -> Self: ...
+
+    def _check_same_type(self, other: object) -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")

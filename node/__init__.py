@@ -1,0 +1,1 @@
+"""rumor: node package."""
