@@ -15,6 +15,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_export_models(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from inference.models import export_builtins
+
+    for path in export_builtins(Path(args.out)):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rumor",
@@ -27,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument("--replicas", type=int, default=32, help="replicas in the demo (default 32)")
     demo.set_defaults(func=_cmd_demo)
+
+    export = sub.add_parser(
+        "export-models",
+        help="write the built-in models as TorchScript (.pt), torch.export (.pt2) and "
+        "state_dict files, each with an I/O-spec sidecar",
+    )
+    export.add_argument("--out", default="models", help="output directory (default ./models)")
+    export.set_defaults(func=_cmd_export_models)
     return parser
 
 

@@ -1,0 +1,175 @@
+"""Model configuration: what to load, from where, onto which device, and how to batch.
+
+A config comes from a TOML table or from a CLI spec::
+
+    NAME=SOURCE[,key=value...]      e.g.  mlp=builtin:mlp,max_batch_size=64,device=cpu
+
+Every invalid field raises `ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+FORMATS = ("builtin", "torchscript", "export", "state_dict")
+DTYPES = ("float32", "float16", "bfloat16")
+TENSOR_DTYPES = ("FP32", "FP16", "BF16", "INT64", "INT32")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    source: str
+    format: str = ""  # inferred from `source` when empty
+    device: str = "auto"  # auto, cpu or cuda:N
+    dtype: str = "float32"  # weights and float inputs are cast to this
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0  # Triton's default: do not wait to fill a batch
+    preferred_batch_sizes: tuple[int, ...] = ()
+    warmup: bool = True
+    max_queue_size: int = 1024  # requests; beyond it new requests get Overloaded
+    timeout_s: float = 30.0  # default per-request timeout
+    factory: str = ""  # "package.module:function" for the state_dict format
+    # I/O spec for file formats whose files do not carry it (a sidecar JSON may).
+    input_name: str = "input"
+    input_shape: tuple[int, ...] = ()  # without the batch dimension
+    input_dtype: str = ""  # KServe datatype, e.g. FP32 or INT64
+    output_name: str = "output"
+    cuda_graphs: bool = True  # capture per bucket on CUDA
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ConfigError("name", f"{self.name!r} is not a valid model name")
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError("source", "is required")
+        fmt = self.format or infer_format(self.source, self.factory)
+        object.__setattr__(self, "format", fmt)
+        if fmt not in FORMATS:
+            raise ConfigError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+        if fmt == "state_dict" and ":" not in self.factory:
+            raise ConfigError("factory", "state_dict format needs factory='module:function'")
+        if not _DEVICE_RE.match(str(self.device)):
+            raise ConfigError("device", f"{self.device!r} is not auto, cpu or cuda:N")
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"{self.dtype!r} is not one of {', '.join(DTYPES)}")
+        _positive_int("max_batch_size", self.max_batch_size)
+        _positive_int("max_queue_size", self.max_queue_size)
+        if not _is_number(self.max_queue_delay_ms) or self.max_queue_delay_ms < 0:
+            raise ConfigError("max_queue_delay_ms", "must be a number >= 0")
+        if not _is_number(self.timeout_s) or self.timeout_s <= 0:
+            raise ConfigError("timeout_s", "must be a number > 0")
+        prefs = tuple(self.preferred_batch_sizes)
+        for p in prefs:
+            _positive_int("preferred_batch_sizes", p)
+            if p > self.max_batch_size:
+                raise ConfigError("preferred_batch_sizes", f"{p} exceeds max_batch_size")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(prefs))))
+        shape = tuple(self.input_shape)
+        for d in shape:
+            _positive_int("input_shape", d)
+        object.__setattr__(self, "input_shape", shape)
+        if self.input_dtype and self.input_dtype not in TENSOR_DTYPES:
+            raise ConfigError("input_dtype", f"{self.input_dtype!r} is not one of {TENSOR_DTYPES}")
+        if not isinstance(self.warmup, bool):
+            raise ConfigError("warmup", "must be true or false")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """From a TOML table (or any mapping)."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(key, "unknown field")
+        if "name" not in data:
+            raise ConfigError("name", "is required")
+        if "source" not in data:
+            raise ConfigError("source", "is required")
+        values = dict(data)
+        for key in ("preferred_batch_sizes", "input_shape"):
+            if key in values:
+                if not isinstance(values[key], list | tuple):
+                    raise ConfigError(key, "must be a list of integers")
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> ModelConfig:
+        """From a CLI spec NAME=SOURCE[,key=value...]; list values use '+' (4+8+16)."""
+        head, _, rest = spec.partition(",")
+        name, eq, source = head.partition("=")
+        if not eq:
+            raise ConfigError("spec", f"{spec!r} is not NAME=SOURCE[,key=value...]")
+        values: dict[str, Any] = {"name": name.strip(), "source": source.strip()}
+        types = {f.name: f.type for f in fields(cls)}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, raw = item.partition("=")
+            key = key.strip()
+            if not eq:
+                raise ConfigError(key or "spec", f"{item!r} is not key=value")
+            if key not in types or key in ("name", "source"):
+                raise ConfigError(key, "unknown field")
+            values[key] = _parse_scalar(key, str(types[key]), raw.strip())
+        return cls.from_dict(values)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return "cuda:0" if self.device == "cuda" else self.device
+        import torch
+
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+    def batch_buckets(self) -> tuple[int, ...]:
+        """Batch sizes that get their own preallocated buffers (and CUDA graph)."""
+        sizes = set(self.preferred_batch_sizes)
+        b = 1
+        while b < self.max_batch_size:
+            sizes.add(b)
+            b *= 2
+        sizes.add(self.max_batch_size)
+        return tuple(sorted(sizes))
+
+
+def infer_format(source: str, factory: str = "") -> str:
+    if source.startswith("builtin:"):
+        return "builtin"
+    if factory:
+        return "state_dict"
+    suffix = Path(source).suffix
+    if suffix == ".pt2":
+        return "export"
+    if suffix in (".pt", ".ts", ".torchscript"):
+        return "torchscript"
+    raise ConfigError("format", f"cannot infer the format of {source!r}; set format=")
+
+
+def _positive_int(name: str, v: object) -> None:
+    if type(v) is not int or v <= 0:
+        raise ConfigError(name, f"{v!r} must be a positive integer")
+
+
+def _is_number(v: object) -> bool:
+    return type(v) in (int, float)
+
+
+def _parse_scalar(key: str, type_name: str, raw: str) -> Any:
+    try:
+        if "tuple" in type_name:
+            return tuple(int(x) for x in raw.split("+") if x)
+        if type_name == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(key, f"{raw!r} is not a valid {type_name}") from None
+    return raw

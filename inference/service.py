@@ -1,0 +1,168 @@
+"""The model service: config-driven asynchronous loading, plus a batcher per model.
+
+Each model moves through the states
+
+    loading -> ready | failed(reason)          ready -> unloading -> (gone)
+
+Loading runs on the model's dedicated worker thread, never on the event loop;
+`wait_ready` is the ready event. A failed load is recorded with its reason and
+never takes the process down.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trio
+
+from .batcher import DynamicBatcher, LoadStats
+from .config import ModelConfig
+from .engine import Engine, ModelDescription, TorchEngine
+from .errors import ModelNotReady
+from .worker import WorkerThread
+
+
+class ModelState(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+
+
+@dataclass
+class ModelStatus:
+    config: ModelConfig
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    description: ModelDescription | None = None
+    settled: trio.Event = field(default_factory=trio.Event)  # set on ready or failed
+    batcher: DynamicBatcher | None = None
+    worker: WorkerThread | None = None
+    scope: trio.CancelScope | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": str(self.state), "version": "1"}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.description is not None:
+            out["max_batch"] = self.description.max_batch_size
+            out["memory"] = self.description.memory_bytes
+            out["device"] = self.description.device
+        return out
+
+
+class InferenceService:
+    """Owns the engine, one worker thread and one batcher per model.
+
+    Run it inside a nursery: `nursery.start_soon(service.run)`; loads and
+    batchers then live under that nursery and end with it.
+    """
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine if engine is not None else TorchEngine()
+        self._models: dict[str, ModelStatus] = {}
+        self._nursery: trio.Nursery | None = None
+        self._started = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._started.set()
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            for status in self._models.values():
+                if status.worker is not None:
+                    status.worker.close()
+
+    # -- model lifecycle -------------------------------------------------------
+
+    def load(self, config: ModelConfig) -> ModelStatus:
+        """Start loading `config` in the background; returns its status at once."""
+        if self._nursery is None:
+            raise RuntimeError("InferenceService.run() is not running")
+        existing = self._models.get(config.name)
+        if existing is not None and existing.state in (ModelState.LOADING, ModelState.READY):
+            return existing
+        status = ModelStatus(config)
+        self._models[config.name] = status
+        self._nursery.start_soon(self._load, status)
+        return status
+
+    async def _load(self, status: ModelStatus) -> None:
+        config = status.config
+        worker = WorkerThread(config.name)
+        status.worker = worker
+        try:
+            status.description = await worker.run(self.engine.load, config)
+        except Exception as e:
+            status.state = ModelState.FAILED
+            status.reason = f"{type(e).__name__}: {e}"
+            worker.close()
+            status.worker = None
+            status.settled.set()
+            return
+        batcher = DynamicBatcher(self.engine, config, worker)
+        status.batcher = batcher
+        status.state = ModelState.READY
+        status.settled.set()
+        with trio.CancelScope() as scope:
+            status.scope = scope
+            await batcher.run()
+
+    async def wait_ready(self, name: str) -> ModelStatus:
+        """The ready event: returns once the model is ready or has failed."""
+        status = self._status(name)
+        await status.settled.wait()
+        return status
+
+    async def unload(self, name: str) -> None:
+        status = self._status(name)
+        await status.settled.wait()
+        status.state = ModelState.UNLOADING
+        if status.batcher is not None:
+            status.batcher.close()
+        if status.scope is not None:
+            status.scope.cancel()
+        if status.worker is not None:
+            await status.worker.run(self.engine.unload, name)
+            status.worker.close()
+        self._models.pop(name, None)
+
+    # -- serving -------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, torch.Tensor],
+        timeout_s: float | None = None,
+        as_list: bool = False,
+    ) -> dict[str, Any]:
+        status = self._models.get(name)
+        if status is None or status.state != ModelState.READY or status.batcher is None:
+            state = status.state if status is not None else "not loaded"
+            raise ModelNotReady(f"model {name!r} is {state}")
+        return await status.batcher.infer(inputs, timeout_s=timeout_s, as_list=as_list)
+
+    def status(self, name: str) -> ModelStatus | None:
+        return self._models.get(name)
+
+    def _status(self, name: str) -> ModelStatus:
+        status = self._models.get(name)
+        if status is None:
+            raise ModelNotReady(f"model {name!r} is not loaded")
+        return status
+
+    def models(self) -> dict[str, ModelStatus]:
+        return dict(self._models)
+
+    def stats(self, name: str) -> LoadStats | None:
+        status = self._models.get(name)
+        if status is None or status.batcher is None:
+            return None
+        return status.batcher.stats()
