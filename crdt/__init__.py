@@ -5,6 +5,7 @@ idempotent, mutators return deltas that join like full states, and
 `to_wire`/`from_wire` give canonical msgpack-ready primitives.
 """
 
+from ._wire import expect_plain
 from .base import CRDT as CRDT
 from .causal import CausalContext as CausalContext
 from .causal import ORMap as ORMap
@@ -24,3 +25,7 @@ from .hlc import hlc_pack as hlc_pack
 from .hlc import hlc_wall_ms as hlc_wall_ms
 from .registers import LWWMap as LWWMap
 from .registers import LWWRegister as LWWRegister
+
+# Validates untrusted plain data (msgpack-native, bounded nesting); raises DecodeError.
+validate_plain = expect_plain
+__all__ = [name for name in dir() if not name.startswith("_")]

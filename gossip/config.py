@@ -1,0 +1,59 @@
+"""Tunables of the gossip core. Defaults are Serf's lan interval and fanout;
+the failure-detector thresholds were chosen by measurement in the simulator
+(see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    #: Gossip round: retransmit pending updates to `fanout` random peers.
+    interval: float = 0.2
+    fanout: int = 3
+    #: Heartbeat to the ring successor every this many rounds (0.4 s by default):
+    #: one datagram per node per period, whatever the cluster size.
+    heartbeat_every: int = 2
+    #: Silence from the ring predecessor longer than this many heartbeat periods
+    #: triggers an active check (direct ping plus `indirect_probes` ping-reqs).
+    silence_periods: float = 2.5
+    indirect_probes: int = 3
+    #: Minimum time to wait for an ack; scaled by local health (Lifeguard).
+    probe_timeout: float = 0.25
+    #: Suspicion timeout (Lifeguard): from `suspicion_max` with no confirmation
+    #: down to `suspicion_min` with `suspicion_confirmations` independent ones,
+    #: each scaled by max(1, log10(N)).
+    suspicion_min: float = 0.6
+    suspicion_max: float = 3.0
+    suspicion_confirmations: int = 3
+    #: Each update is sent retransmit_mult * ceil(log10(N + 1)) times (memberlist).
+    retransmit_mult: int = 4
+    #: Anti-entropy: a state-hash probe to a random peer every this many rounds.
+    anti_entropy_every: int = 10
+    #: Digest entries per SYN: the digest is a rotating window, never O(N).
+    digest_window: int = 24
+    #: Dead and left members are removed after this grace; their tombstones
+    #: (which stop resurrection) after `tombstone_ttl`.
+    dead_grace: float = 60.0
+    tombstone_ttl: float = 3600.0
+    #: Deleted keys are removed after this grace.
+    key_gc_grace: float = 60.0
+    #: A tick this much later than scheduled means our own loop stalled.
+    lag_threshold: float = 0.5
+    max_local_health: int = 8
+    #: Wire limits.
+    max_datagram: int = 1400
+    max_stream_frame: int = 16 * 1024 * 1024
+    max_node_state: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "probe_timeout", "suspicion_min", "suspicion_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.fanout < 1:
+            raise ValueError("fanout must be at least 1")
+        if self.suspicion_max < self.suspicion_min:
+            raise ValueError("suspicion_max must be >= suspicion_min")
+        if not 256 <= self.max_datagram <= 65_000:
+            raise ValueError("max_datagram must be within 256..65000")

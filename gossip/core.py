@@ -1,0 +1,968 @@
+"""The sans-IO gossip state machine.
+
+A `GossipNode` is driven entirely from outside (as h11 drives HTTP):
+
+    node.receive_datagram(data, src, now)   # bytes a socket received
+    node.receive_stream(frame, now)         # one frame of a TCP bulk stream
+    node.tick(now)                          # call at node.next_deadline()
+    for out in node.take_outgoing(): ...    # Datagram / StreamFrame to send
+    for ev in node.take_events(): ...       # what changed, for the application
+
+It never reads a clock, opens a socket or touches global randomness: time is
+passed in, and all choices come from the `random.Random` it was given. The
+trio daemon and the simulator run this same class.
+
+Design, in brief (docs/PROTOCOL.md has the wire format):
+
+- Dissemination: a local change or newly learned state is pushed at once to
+  `fanout` random peers (infect-and-forward), then retransmitted on later
+  rounds up to retransmit_mult * ceil(log10(N+1)) times (memberlist's limit).
+- Anti-entropy: scuttlebutt digests, exchanged as SYN -> SYNACK -> ACK2. The
+  digest is a rotating window of at most `digest_window` entries, so no
+  message grows with N; idle peers compare an 8-byte state hash and stay quiet.
+- Failure detection: each node heartbeats its successor on a hash ring (one
+  datagram per node per period, O(1) whatever N), and watches its predecessor.
+  Silence triggers a direct ping plus `indirect_probes` ping-reqs in parallel
+  (SWIM); if all fail the member becomes suspect, and Lifeguard's suspicion
+  timeout shrinks as other nodes independently confirm. A suspect refutes by
+  raising its incarnation. Local health awareness (Lifeguard): a node whose
+  own ticks run late, or whose probes keep failing, waits longer before
+  accusing anyone, and after a stall it gives every member fresh credit.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt import CRDT, DecodeError, decode, encode
+
+from .config import GossipConfig
+from .crypto import SEAL_OVERHEAD, Keyring, Opener, ReplayWindow, Sealer, nonce_counter
+from .errors import LocalProtocolError, RemoteProtocolError, StateTooLarge
+from .state import ClusterState, NodeRecord
+from .wire import (
+    Addr,
+    Announce,
+    DigestEntry,
+    Message,
+    MsgType,
+    NodeDelta,
+    Rumor,
+    Status,
+    announce_wire,
+    decode_message,
+    delta_wire,
+    encode_message,
+    rumor_wire,
+)
+
+log = logging.getLogger("rumor.gossip")
+
+_MSGPACK_SLACK = 48  # header fields and array framing around the variable parts
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    dst: Addr
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFrame:
+    """A message too large for a datagram: send over a framed TCP stream."""
+
+    dst: Addr
+    data: bytes
+
+
+Outgoing = Datagram | StreamFrame
+
+
+class EventType(enum.StrEnum):
+    JOIN = "member-join"
+    UPDATE = "member-update"
+    SUSPECT = "member-suspect"
+    ALIVE = "member-alive"
+    DEAD = "member-dead"
+    LEAVE = "member-leave"
+    REMOVED = "member-removed"
+    CRDT = "crdt-update"
+
+
+@dataclass(frozen=True, slots=True)
+class GossipEvent:
+    type: EventType
+    member: str
+    time: float
+    keys: tuple[str, ...] = ()
+
+
+@dataclass
+class Member:
+    name: str
+    generation: int
+    addr: Addr
+    incarnation: int = 0
+    status: Status = Status.ALIVE
+    status_since: float = 0.0
+    last_heard: float = 0.0
+    suspectors: set[str] = field(default_factory=set)
+    suspicion_start: float = 0.0
+    suspicion_deadline: float = 0.0
+
+    def rumor(self) -> Rumor:
+        return Rumor(
+            self.name,
+            self.generation,
+            self.incarnation,
+            self.status,
+            self.addr,
+            tuple(sorted(self.suspectors))[:8],
+        )
+
+    def rank(self) -> tuple[int, int, int]:
+        return (self.generation, self.incarnation, int(self.status))
+
+    @property
+    def live(self) -> bool:
+        return self.status in (Status.ALIVE, Status.SUSPECT)
+
+
+@dataclass
+class _Probe:
+    target: str
+    deadline: float
+    # Set on a helper's relay: where to forward the ack.
+    relay_to: Addr | None = None
+    relay_seq: int = 0
+    confirmation: bool = False
+
+
+def ring_position(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+
+
+class GossipNode:
+    def __init__(
+        self,
+        name: str,
+        addr: Addr,
+        *,
+        rng: random.Random,
+        now: float,
+        generation: int,
+        config: GossipConfig | None = None,
+        keyring: Keyring | None = None,
+    ) -> None:
+        self.name = name
+        self.addr = addr
+        self.generation = generation
+        self.config = config or GossipConfig()
+        self.rng = rng
+        self.state = ClusterState()
+        self.incarnation = 0
+        self.local_health = 0
+        self.counters: Counter[str] = Counter()
+        self.left = False
+        self._sealer = Sealer(keyring, rng)
+        self._opener = Opener(keyring)
+        self._replay: dict[tuple[str, bytes], ReplayWindow] = {}
+        self._outbox: list[Outgoing] = []
+        self._events: list[GossipEvent] = []
+        self.members: dict[str, Member] = {}
+        me = Member(name, generation, addr, status_since=now, last_heard=now)
+        self.members[name] = me
+        self.own: NodeRecord = self.state.add_record(name, generation, addr, now)
+        # Broadcast queues (memberlist's TransmitLimitedQueue): what, and how many
+        # more times to send it. Items are rebuilt from current state at send time.
+        self._bc_records: dict[str, list[int]] = {}  # name -> [from_version, left]
+        self._bc_rumors: dict[str, int] = {}  # member name -> left
+        self._bc_crdts: dict[str, tuple[CRDT, int]] = {}  # crdt name -> (joined delta, left)
+        self._probes: dict[int, _Probe] = {}
+        self._probing: set[str] = set()
+        self._seq = 0
+        self._round = 0
+        self._next_round = now + self.rng.uniform(0, self.config.interval)
+        self._last_tick = now
+        self._quiet_until = 0.0  # no accusations before this (after a local stall)
+        self._ring: list[str] | None = None
+        self._peers: list[str] | None = None
+        self._predecessor: str | None = None
+        self._digest_cursor: str | None = None
+        self._last_syn_to: dict[str, float] = {}
+        self._last_told_dead: dict[str, float] = {}
+        self._seeds: list[Addr] = []
+
+    # ------------------------------------------------------------------ public API
+
+    def join(self, seeds: list[Addr], now: float) -> None:
+        """Contact seed addresses: a full-window SYN to each (retried every round
+        until some member is known)."""
+        self._seeds = [s for s in seeds if s != self.addr]
+        for seed in self._seeds:
+            self._send_syn(seed, now)
+
+    def set_key(self, key: str, value: Any, now: float) -> None:
+        """Set a key in this node's own record and push the change at once."""
+        before = self.own.size
+        self.own.set_local(key, value, now)
+        if self.own.size > self.config.max_node_state:
+            self.own.delete_local(key, now)
+            raise StateTooLarge(
+                f"node state would be {self.own.size - before} bytes over "
+                f"max_node_state={self.config.max_node_state}"
+            )
+        self._own_changed(now)
+
+    def delete_key(self, key: str, now: float) -> None:
+        if self.own.delete_local(key, now):
+            self._own_changed(now)
+
+    def register_crdt(self, name: str, value: CRDT) -> None:
+        """Replicate `value` cluster-wide under `name` (every node registers it)."""
+        self.state.register_crdt(name, value)
+
+    def update_crdt(self, name: str, delta: CRDT, now: float) -> None:
+        """Hand in the delta a local mutation returned; it is joined and pushed."""
+        crdt = self.state.crdts.get(name)
+        if crdt is None:
+            raise LocalProtocolError(f"CRDT {name!r} is not registered")
+        crdt.merge(delta)
+        self.state.crdt_changed(name)
+        self._queue_crdt(name, delta)
+        self._push_now(now)
+
+    def crdt(self, name: str) -> CRDT:
+        return self.state.crdts[name]
+
+    def leave(self, now: float) -> None:
+        """Announce a graceful leave to many peers; the node then stops gossiping."""
+        self.incarnation += 1
+        me = self.members[self.name]
+        me.incarnation, me.status = self.incarnation, Status.LEFT
+        self._queue_rumor(self.name)
+        for peer in self._random_peers(2 * self.config.fanout):
+            self._send_push(self.members[peer].addr, now)
+        self.left = True
+
+    def take_outgoing(self) -> list[Outgoing]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def take_events(self) -> list[GossipEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    def next_deadline(self) -> float:
+        t = self._next_round
+        for p in self._probes.values():
+            t = min(t, p.deadline)
+        for m in self.members.values():
+            if m.status == Status.SUSPECT and m.suspicion_deadline:
+                t = min(t, m.suspicion_deadline)
+        return t
+
+    def live_members(self) -> list[Member]:
+        return [m for m in self.members.values() if m.live]
+
+    def record(self, name: str) -> NodeRecord | None:
+        return self.state.records.get(name)
+
+    # ------------------------------------------------------------------ receive path
+
+    def receive_datagram(self, data: bytes, src: Addr, now: float) -> None:
+        """Handle one datagram. Never raises for anything the peer sent."""
+        self.counters["datagrams_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        if len(data) > self.config.max_datagram:
+            self._drop("oversized", src)
+            return
+        self._receive(data, src, now, stream=False)
+
+    def receive_stream(self, frame: bytes, src: Addr, now: float) -> None:
+        """Handle one frame of a TCP bulk stream (same envelope, larger limit)."""
+        self.counters["frames_in"] += 1
+        self.counters["bytes_in"] += len(frame)
+        if len(frame) > self.config.max_stream_frame:
+            self._drop("oversized", src)
+            return
+        self._receive(frame, src, now, stream=True)
+
+    def _drop(self, reason: str, src: Addr, detail: str = "") -> None:
+        self.counters[f"dropped_{reason}"] += 1
+        self.counters["dropped"] += 1
+        log.debug("drop from %s:%s: %s %s", src[0], src[1], reason, detail)
+
+    def _receive(self, data: bytes, src: Addr, now: float, stream: bool) -> None:
+        if self.left:
+            return
+        try:
+            plaintext, nonce = self._opener.open(data)
+            limit = self.config.max_stream_frame if stream else self.config.max_datagram
+            msg = decode_message(plaintext, limit)
+            self._check_sender(msg, nonce, src, stream)
+        except RemoteProtocolError as e:
+            self._drop(e.reason, src, str(e))
+            return
+        self.counters[f"msg_{msg.type.name.lower()}"] += 1
+        try:
+            self._handle(msg, now)
+        except (RemoteProtocolError, DecodeError, TypeError) as e:
+            # Validation happens before any state change, so nothing was applied.
+            reason = e.reason if isinstance(e, RemoteProtocolError) else "bad_payload"
+            self._drop(reason, src, str(e))
+
+    def _check_sender(self, msg: Message, nonce: bytes, src: Addr, stream: bool) -> None:
+        if msg.sender == self.name and msg.generation == self.generation:
+            raise RemoteProtocolError("identity", "a packet claims to be from us")
+        m = self.members.get(msg.sender)
+        if not stream and msg.addr != src:
+            raise RemoteProtocolError(
+                "identity", f"{msg.sender} claims {msg.addr}, sent from {src}"
+            )
+        if m is not None and m.generation == msg.generation and m.addr != msg.addr:
+            raise RemoteProtocolError("identity", f"{msg.sender} is known at {m.addr}")
+        if nonce:
+            salt, counter = nonce_counter(nonce)
+            window = self._replay.get((msg.sender, salt))
+            if window is None:
+                if len(self._replay) > 4 * len(self.members) + 64:
+                    self._replay.clear()  # bounded memory; stale windows only
+                window = self._replay[(msg.sender, salt)] = ReplayWindow()
+            if not window.check_and_set(counter):
+                raise RemoteProtocolError("replay", f"counter {counter} from {msg.sender}")
+
+    def _handle(self, msg: Message, now: float) -> None:
+        self._heard_from(msg, now)
+        for r in msg.rumors:
+            self._apply_rumor(r, now)
+        t = msg.type
+        if t == MsgType.HEARTBEAT:
+            if msg.state_hash != self.state.hash:
+                self._send_syn(msg.addr, now, peer=msg.sender)
+        elif t == MsgType.PING:
+            if msg.target == self.name:
+                self._send(msg.addr, self._msg(MsgType.ACK, seq=msg.seq), now)
+        elif t == MsgType.ACK:
+            self._on_ack(msg, now)
+        elif t == MsgType.PING_REQ:
+            assert msg.target_addr is not None
+            seq = self._next_seq()
+            self._probes[seq] = _Probe(
+                msg.target, now + self._probe_timeout(), relay_to=msg.addr, relay_seq=msg.seq
+            )
+            self._send(msg.target_addr, self._msg(MsgType.PING, seq=seq, target=msg.target), now)
+        elif t == MsgType.SYN:
+            self._on_syn(msg, now)
+        elif t == MsgType.SYNACK:
+            self._apply_payload(msg, now)
+            if msg.digest:  # what the peer asked us for
+                deltas = self._deltas_for(msg.digest)
+                if deltas:
+                    self._send(msg.addr, self._msg(MsgType.ACK2, deltas=tuple(deltas)), now)
+        elif t == MsgType.ACK2 or t == MsgType.PUSH:
+            self._apply_payload(msg, now)
+
+    def _heard_from(self, msg: Message, now: float) -> None:
+        if self.state.is_tombstoned(msg.sender, msg.generation):
+            return
+        m = self.members.get(msg.sender)
+        if m is None or msg.generation > m.generation:
+            self._new_member(msg.sender, msg.generation, msg.addr, now)
+            m = self.members[msg.sender]
+        if m.generation == msg.generation:
+            m.last_heard = now
+            if m.status == Status.DEAD and msg.type != MsgType.PUSH:
+                # It speaks, so it lives; but only it may overrule our verdict.
+                # Tell it, so it refutes with a higher incarnation.
+                last = self._last_told_dead.get(m.name, -1e9)
+                if now - last >= self.config.interval:
+                    self._last_told_dead[m.name] = now
+                    tell = self._msg(MsgType.PUSH, extra_rumors=(m.rumor(),), rumor_budget=0)
+                    self._send(m.addr, tell, now)
+
+    def _new_member(
+        self, name: str, generation: int, addr: Addr, now: float, rumor: Rumor | None = None
+    ) -> None:
+        old = self.members.get(name)
+        if old is not None and self.state.records.get(name) is not None:
+            rec = self.state.records[name]
+            if rec.generation < generation:
+                self.state.records.pop(name)
+                self.state.touched(name)
+        m = Member(name, generation, addr, status_since=now, last_heard=now)
+        if rumor is not None:
+            m.incarnation, m.status = rumor.incarnation, rumor.status
+            m.suspectors = set(rumor.suspectors)
+        self.members[name] = m
+        if m.status == Status.SUSPECT:
+            self._start_suspicion(m, now, confirm=False)
+        self._membership_changed()
+        self._emit(EventType.JOIN, name, now)
+        if m.status == Status.ALIVE:
+            self._queue_rumor(name)
+
+    # ------------------------------------------------------------------ membership
+
+    def _apply_rumor(self, r: Rumor, now: float) -> None:
+        if r.name == self.name:
+            if (
+                r.generation == self.generation
+                and r.status in (Status.SUSPECT, Status.DEAD)
+                and r.incarnation >= self.incarnation
+                and not self.left
+            ):
+                # Refute (SWIM): a higher incarnation overrides the accusation.
+                self.incarnation = r.incarnation + 1
+                self.members[self.name].incarnation = self.incarnation
+                self.local_health = min(self.config.max_local_health, self.local_health + 1)
+                self.counters["refutations"] += 1
+                self._queue_rumor(self.name)
+                self._push_now(now)
+            return
+        if self.state.is_tombstoned(r.name, r.generation):
+            return
+        m = self.members.get(r.name)
+        if m is None or r.generation > m.generation:
+            if r.status in (Status.DEAD, Status.LEFT):
+                return  # news of the death of someone we never knew
+            self._new_member(r.name, r.generation, r.addr, now, r)
+            return
+        if r.generation < m.generation:
+            return
+        if r.rank() > m.rank():
+            was = m.status
+            m.incarnation, m.status, m.status_since = r.incarnation, r.status, now
+            m.addr = r.addr
+            if r.status == Status.SUSPECT:
+                m.suspectors = set(r.suspectors)
+                self._start_suspicion(m, now, confirm=True)
+            elif r.status == Status.ALIVE:
+                m.suspectors.clear()
+                m.suspicion_deadline = 0.0
+                m.last_heard = max(m.last_heard, now)
+                if was != Status.ALIVE:
+                    self._emit(EventType.ALIVE, m.name, now)
+            elif r.status == Status.DEAD:
+                self._emit(EventType.DEAD, m.name, now)
+            elif r.status == Status.LEFT:
+                self._emit(EventType.LEAVE, m.name, now)
+            if (was in (Status.ALIVE, Status.SUSPECT)) != m.live:
+                self._membership_changed()
+            self._queue_rumor(m.name)
+            self._push_now(now)
+        elif r.rank() == m.rank() and m.status == Status.SUSPECT:
+            new = set(r.suspectors) - m.suspectors
+            if new:
+                m.suspectors |= new
+                self._update_suspicion_deadline(m)
+                self._queue_rumor(m.name)
+
+    def _start_suspicion(self, m: Member, now: float, confirm: bool) -> None:
+        m.suspicion_start = now
+        self._update_suspicion_deadline(m)
+        self._emit(EventType.SUSPECT, m.name, now)
+        if confirm and m.name not in self._probing and now >= self._quiet_until:
+            self._probe(m.name, now, confirmation=True)
+
+    def _update_suspicion_deadline(self, m: Member) -> None:
+        """Lifeguard: timeout falls from max to min as confirmations arrive."""
+        c = self.config
+        n = max(1, len(self._ring_names()))
+        scale = max(1.0, math.log10(n))
+        lo, hi = c.suspicion_min * scale, c.suspicion_max * scale
+        k = c.suspicion_confirmations
+        confirmations = max(0, len(m.suspectors) - 1)
+        frac = math.log(confirmations + 1) / math.log(k + 1) if k > 0 else 1.0
+        timeout = max(lo, hi - (hi - lo) * min(1.0, frac))
+        m.suspicion_deadline = m.suspicion_start + timeout
+
+    def _declare_dead(self, m: Member, now: float) -> None:
+        m.status, m.status_since = Status.DEAD, now
+        m.suspicion_deadline = 0.0
+        self._membership_changed()
+        self._emit(EventType.DEAD, m.name, now)
+        self._queue_rumor(m.name)
+        self._push_now(now)
+
+    def _membership_changed(self) -> None:
+        self._ring = None
+        self._peers = None
+
+    # ------------------------------------------------------------------ failure detection
+
+    def _ring_names(self) -> list[str]:
+        if self._ring is None:
+            live = [m.name for m in self.members.values() if m.live]
+            self._ring = sorted(live, key=lambda n: (ring_position(n), n))
+        return self._ring
+
+    def _neighbours(self) -> tuple[str | None, str | None]:
+        ring = self._ring_names()
+        if len(ring) < 2 or self.name not in ring:
+            return None, None
+        i = ring.index(self.name)
+        return ring[i - 1], ring[(i + 1) % len(ring)]
+
+    def _probe_timeout(self) -> float:
+        return self.config.probe_timeout * (1 + self.local_health)
+
+    def _heartbeat_period(self) -> float:
+        return self.config.interval * self.config.heartbeat_every
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _probe(self, target: str, now: float, confirmation: bool = False) -> None:
+        m = self.members.get(target)
+        if m is None or not m.live:
+            return
+        self._probing.add(target)
+        seq = self._next_seq()
+        self._probes[seq] = _Probe(target, now + self._probe_timeout(), confirmation=confirmation)
+        self.counters["probes"] += 1
+        self._send(m.addr, self._msg(MsgType.PING, seq=seq, target=target), now)
+        helpers = [p for p in self._random_peers(self.config.indirect_probes + 1) if p != target]
+        for h in helpers[: self.config.indirect_probes]:
+            req = self._msg(MsgType.PING_REQ, seq=seq, target=target, target_addr=m.addr)
+            self._send(self.members[h].addr, req, now)
+
+    def _on_ack(self, msg: Message, now: float) -> None:
+        probe = self._probes.pop(msg.seq, None)
+        if probe is None:
+            return
+        if probe.relay_to is not None:
+            self._send(probe.relay_to, self._msg(MsgType.ACK, seq=probe.relay_seq), now)
+            return
+        self._probing.discard(probe.target)
+        self.local_health = max(0, self.local_health - 1)
+        m = self.members.get(probe.target)
+        if m is not None:
+            m.last_heard = now
+
+    def _check_timers(self, now: float) -> None:
+        for seq, probe in list(self._probes.items()):
+            if now < probe.deadline:
+                continue
+            del self._probes[seq]
+            if probe.relay_to is not None:
+                continue
+            self._probing.discard(probe.target)
+            m = self.members.get(probe.target)
+            if m is None or not m.live or now < self._quiet_until:
+                continue
+            if now - m.last_heard < self._probe_timeout():
+                continue  # heard from it meanwhile
+            self.local_health = min(self.config.max_local_health, self.local_health + 1)
+            self.counters["probe_failures"] += 1
+            if m.status == Status.ALIVE:
+                m.status, m.status_since = Status.SUSPECT, now
+                m.suspectors = {self.name}
+                self._start_suspicion(m, now, confirm=False)
+                self._queue_rumor(m.name)
+                self._push_now(now)
+            elif m.status == Status.SUSPECT and self.name not in m.suspectors:
+                m.suspectors.add(self.name)  # our own confirmation
+                self._update_suspicion_deadline(m)
+                self._queue_rumor(m.name)
+                self._push_now(now)
+        if now < self._quiet_until:
+            return
+        for m in list(self.members.values()):
+            if m.status == Status.SUSPECT and m.suspicion_deadline and now >= m.suspicion_deadline:
+                self._declare_dead(m, now)
+
+    def _watch_predecessor(self, now: float) -> None:
+        pred, _ = self._neighbours()
+        if pred != self._predecessor:
+            self._predecessor = pred
+            if pred is not None:
+                # A new duty: give it a full silence period before judging.
+                m = self.members[pred]
+                m.last_heard = max(m.last_heard, now)
+        if pred is None or pred in self._probing or now < self._quiet_until:
+            return
+        m = self.members[pred]
+        silence = self.config.silence_periods * self._heartbeat_period() * (1 + self.local_health)
+        if m.status == Status.ALIVE and now - m.last_heard > silence:
+            self._probe(pred, now)
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self, now: float) -> None:
+        if self.left:
+            return
+        late = now - self._next_round
+        if late > self.config.lag_threshold:
+            # Our own loop stalled (GC, GPU stall, overload): the silence we saw
+            # is ours, not theirs. Give everyone fresh credit and accuse nobody.
+            self.counters["local_stalls"] += 1
+            self.local_health = min(self.config.max_local_health, self.local_health + 2)
+            for m in self.members.values():
+                m.last_heard = max(m.last_heard, now)
+                if m.status == Status.SUSPECT and m.suspicion_deadline:
+                    m.suspicion_deadline = max(m.suspicion_deadline, now + self._probe_timeout())
+            self._probes = {s: p for s, p in self._probes.items() if p.relay_to is not None}
+            self._probing.clear()
+            self._quiet_until = now + self._probe_timeout()
+            self._next_round = now
+        self._check_timers(now)
+        if now >= self._next_round:
+            self._next_round = max(self._next_round + self.config.interval, now)
+            self._do_round(now)
+        self._last_tick = now
+
+    def _do_round(self, now: float) -> None:
+        self._round += 1
+        c = self.config
+        live_peers = self._peer_names()
+        if not live_peers and self._seeds:
+            for seed in self._seeds:  # still alone: keep knocking on the seeds
+                self._send_syn(seed, now)
+        if self._round % c.heartbeat_every == 0:
+            _, succ = self._neighbours()
+            if succ is not None:
+                msg = self._msg(MsgType.HEARTBEAT, state_hash=self.state.hash)
+                self._send(self.members[succ].addr, msg, now)
+        self._watch_predecessor(now)
+        if self._bc_records or self._bc_rumors or self._bc_crdts:
+            for peer in self._random_peers(c.fanout):
+                self._send_push(self.members[peer].addr, now)
+        if self._round % c.anti_entropy_every == 0 and live_peers:
+            peer = self.rng.choice(live_peers)
+            # Hash only: an idle peer with equal state stays silent.
+            self._send(
+                self.members[peer].addr, self._msg(MsgType.SYN, state_hash=self.state.hash), now
+            )
+        if self._round % 5 == 0:
+            self._collect_garbage(now)
+
+    def _collect_garbage(self, now: float) -> None:
+        c = self.config
+        for m in list(self.members.values()):
+            if m.status in (Status.DEAD, Status.LEFT) and now - m.status_since >= c.dead_grace:
+                del self.members[m.name]
+                self.state.remove_record(m.name, now)
+                self.state.tombstones[m.name] = (m.generation, now)
+                self._bc_rumors.pop(m.name, None)
+                self._bc_records.pop(m.name, None)
+                self._emit(EventType.REMOVED, m.name, now)
+        for name, (_, at) in list(self.state.tombstones.items()):
+            if now - at >= c.tombstone_ttl:
+                del self.state.tombstones[name]
+        for name, rec in self.state.records.items():
+            if rec.collect_tombstones(now, c.key_gc_grace):
+                self.state.touched(name)
+
+    # ------------------------------------------------------------------ anti-entropy
+
+    def _send_syn(self, dst: Addr, now: float, peer: str | None = None) -> None:
+        if peer is not None:
+            last = self._last_syn_to.get(peer, -1e9)
+            if now - last < self.config.interval:
+                return  # at most one SYN per peer per round
+            self._last_syn_to[peer] = now
+        entries, lo, hi = self.state.digest_window(self._digest_cursor, self.config.digest_window)
+        self._digest_cursor = hi  # None wraps to the start next time
+        hashes = tuple((n, self.state.crdt_hash(n)) for n in sorted(self.state.crdts))
+        msg = self._msg(
+            MsgType.SYN,
+            state_hash=self.state.hash,
+            digest=tuple(entries),
+            lo=lo,
+            hi=hi,
+            crdt_hashes=hashes,
+        )
+        self._send(dst, msg, now)
+
+    def _on_syn(self, msg: Message, now: float) -> None:
+        if not msg.digest:
+            # A hash-only probe: answer with a real SYN only if we differ.
+            if msg.state_hash != self.state.hash:
+                self._send_syn(msg.addr, now, peer=msg.sender)
+            return
+        theirs = {e.name: e for e in msg.digest}
+        want: list[DigestEntry] = []
+        deltas: list[NodeDelta] = []
+        rumors: list[Rumor] = []
+        for e in msg.digest:
+            rec = self.state.records.get(e.name)
+            if rec is None:
+                if self.state.is_tombstoned(e.name, e.generation):
+                    gen, _ = self.state.tombstones[e.name]
+                    rumors.append(Rumor(e.name, gen, 2**32, Status.DEAD, msg.addr))
+                elif e.name != self.name:
+                    # Generation 0 (never issued) means "I have no record at all".
+                    want.append(DigestEntry(e.name, 0, 0))
+                continue
+            if rec.generation > e.generation or (
+                rec.generation == e.generation and rec.max_version > e.max_version
+            ):
+                since = e.max_version if rec.generation == e.generation else 0
+                deltas.append(rec.delta_since(since, reset=rec.generation != e.generation))
+            elif rec.generation < e.generation or rec.max_version < e.max_version:
+                want.append(rec.digest())
+        for name in self.state.names_in(msg.lo, msg.hi):
+            if name not in theirs:
+                deltas.append(self.state.records[name].delta_since(0, reset=True))
+        hashes = dict(msg.crdt_hashes)
+        crdts = tuple(
+            (n, encode(v))
+            for n, v in sorted(self.state.crdts.items())
+            if hashes.get(n) != self.state.crdt_hash(n)
+        )
+        if not (want or deltas or crdts or rumors) and msg.state_hash == self.state.hash:
+            return
+        reply = self._msg(
+            MsgType.SYNACK,
+            digest=tuple(want),
+            deltas=tuple(deltas),
+            crdts=crdts,
+            extra_rumors=tuple(rumors),
+        )
+        self._send(msg.addr, reply, now)
+        if msg.state_hash != self.state.hash and not want and not deltas and not crdts:
+            # They lack nothing we could see in their window: look at ours.
+            self._send_syn(msg.addr, now, peer=msg.sender)
+
+    def _deltas_for(self, wanted: tuple[DigestEntry, ...]) -> list[NodeDelta]:
+        out = []
+        for e in wanted:
+            rec = self.state.records.get(e.name)
+            if rec is None:
+                continue
+            if rec.generation > e.generation:
+                out.append(rec.delta_since(0, reset=True))
+            elif rec.generation == e.generation and rec.max_version > e.max_version:
+                out.append(rec.delta_since(e.max_version))
+        return out
+
+    def _apply_payload(self, msg: Message, now: float) -> None:
+        """Apply deltas, CRDTs and announces (SYNACK, ACK2, PUSH)."""
+        # Validate CRDT payloads completely before changing anything.
+        decoded = []
+        for name, blob in msg.crdts:
+            value = decode(blob, self.config.max_stream_frame)
+            mine = self.state.crdts.get(name)
+            if mine is not None and type(value) is not type(mine):
+                raise RemoteProtocolError("bad_payload", f"CRDT {name!r} has the wrong type")
+            decoded.append((name, value))
+        gaps: list[DigestEntry] = []
+        forward = False
+        for d in msg.deltas:
+            if d.name == self.name:
+                continue
+            outcome, changed = self.state.apply_delta(d, now)
+            if outcome == "gap":
+                rec = self.state.records.get(d.name)
+                gaps.append(rec.digest() if rec else DigestEntry(d.name, 0, 0))
+                continue
+            if outcome in ("stale", "tombstoned"):
+                continue
+            if d.name not in self.members or self.members[d.name].generation < d.generation:
+                self._new_member(d.name, d.generation, d.addr, now)
+            if changed:
+                self._emit(EventType.UPDATE, d.name, now, tuple(changed))
+                self._queue_record(d.name, d.from_version if not d.reset else 0)
+                forward = True
+        for name, value in decoded:
+            mine = self.state.crdts.get(name)
+            if mine is None:
+                continue
+            before = self.state.crdt_hash(name)
+            mine.merge(value)
+            self.state.crdt_changed(name)
+            if self.state.crdt_hash(name) != before:
+                self._emit(EventType.CRDT, name, now)
+                self._queue_crdt(name, value)
+                forward = True
+        for a in msg.announces:
+            if a.entry.name == self.name or self.state.is_tombstoned(
+                a.entry.name, a.entry.generation
+            ):
+                continue
+            rec = self.state.records.get(a.entry.name)
+            if (
+                rec is None
+                or rec.generation < a.entry.generation
+                or (rec.generation == a.entry.generation and rec.max_version < a.entry.max_version)
+            ):
+                gaps.append(rec.digest() if rec else DigestEntry(a.entry.name, 0, 0))
+        if gaps:
+            # Pull what we are missing from the node that knows it.
+            # An empty range (lo == hi): only the listed entries.
+            first = gaps[0].name
+            pull = self._msg(
+                MsgType.SYN, state_hash=self.state.hash, digest=tuple(gaps), lo=first, hi=first
+            )
+            self._send(msg.addr, pull, now)
+        if forward:
+            self._push_now(now)
+
+    # ------------------------------------------------------------------ dissemination
+
+    def _retransmit_limit(self) -> int:
+        n = len(self._ring_names())
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+
+    def _queue_record(self, name: str, from_version: int) -> None:
+        cur = self._bc_records.get(name)
+        fv = from_version if cur is None else min(cur[0], from_version)
+        self._bc_records[name] = [fv, self._retransmit_limit()]
+
+    def _queue_rumor(self, name: str) -> None:
+        self._bc_rumors[name] = self._retransmit_limit()
+
+    def _queue_crdt(self, name: str, delta: CRDT) -> None:
+        cur = self._bc_crdts.get(name)
+        if cur is None:
+            joined = delta.copy()
+        else:
+            joined = cur[0]
+            joined.merge(delta)
+        self._bc_crdts[name] = (joined, self._retransmit_limit())
+
+    def _own_changed(self, now: float) -> None:
+        self.state.touched(self.name)
+        self._emit(EventType.UPDATE, self.name, now)
+        cur = self._bc_records.get(self.name)
+        self._queue_record(self.name, self.own.max_version - 1 if cur is None else cur[0])
+        self._push_now(now)
+
+    def _push_now(self, now: float) -> None:
+        """Eager push: send pending updates to `fanout` random peers right away."""
+        for peer in self._random_peers(self.config.fanout):
+            self._send_push(self.members[peer].addr, now)
+
+    def _send_push(self, dst: Addr, now: float) -> None:
+        budget = self.config.max_datagram - SEAL_OVERHEAD - _MSGPACK_SLACK - 64
+        deltas: list[NodeDelta] = []
+        announces: list[Announce] = []
+        for name, item in sorted(self._bc_records.items(), key=lambda kv: -kv[1][1]):
+            rec = self.state.records.get(name)
+            if rec is None:
+                self._bc_records.pop(name, None)
+                continue
+            delta = rec.delta_since(item[0])
+            size = len(_packb(delta_wire(delta)))
+            if size <= budget:
+                deltas.append(delta)
+                budget -= size
+            else:
+                ann = Announce(rec.digest(), rec.addr)
+                size = len(_packb(announce_wire(ann)))
+                if size > budget:
+                    continue
+                announces.append(ann)
+                budget -= size
+            item[1] -= 1
+            if item[1] <= 0:
+                del self._bc_records[name]
+        crdts: list[tuple[str, bytes]] = []
+        for name, (delta_crdt, left) in sorted(self._bc_crdts.items()):
+            blob = encode(delta_crdt)
+            if len(blob) + 16 > budget:
+                if not crdts and not deltas:
+                    # Too big for any datagram: the next anti-entropy SYN carries
+                    # its hash and the full state follows over a stream.
+                    del self._bc_crdts[name]
+                continue
+            crdts.append((name, blob))
+            budget -= len(blob) + 16
+            if left <= 1:
+                del self._bc_crdts[name]
+            else:
+                self._bc_crdts[name] = (delta_crdt, left - 1)
+        msg = self._msg(
+            MsgType.PUSH,
+            deltas=tuple(deltas),
+            announces=tuple(announces),
+            crdts=tuple(crdts),
+            rumor_budget=budget,
+        )
+        if msg.deltas or msg.announces or msg.crdts or msg.rumors:
+            self._send(dst, msg, now)
+
+    def _take_rumors(self, budget: int, first: str | None = None) -> tuple[Rumor, ...]:
+        out: list[Rumor] = []
+        order = sorted(self._bc_rumors.items(), key=lambda kv: -kv[1])
+        if first is not None and first in self._bc_rumors:
+            order.sort(key=lambda kv: kv[0] != first)
+        for name, left in order:
+            m = self.members.get(name)
+            if m is None:
+                del self._bc_rumors[name]
+                continue
+            r = m.rumor()
+            size = len(_packb(rumor_wire(r)))
+            if size > budget:
+                break
+            out.append(r)
+            budget -= size
+            if left <= 1:
+                del self._bc_rumors[name]
+            else:
+                self._bc_rumors[name] = left - 1
+        return tuple(out)
+
+    # ------------------------------------------------------------------ sending
+
+    def _msg(
+        self,
+        mtype: MsgType,
+        *,
+        rumor_budget: int | None = None,
+        extra_rumors: tuple[Rumor, ...] = (),
+        **fields: Any,
+    ) -> Message:
+        if rumor_budget is None:
+            rumor_budget = self.config.max_datagram - SEAL_OVERHEAD - _MSGPACK_SLACK - 200
+            if mtype in (MsgType.SYN, MsgType.SYNACK, MsgType.ACK2):
+                rumor_budget = 300
+        target = fields.get("target")
+        rumors = extra_rumors + self._take_rumors(rumor_budget, first=target)
+        return Message(mtype, self.name, self.generation, self.addr, rumors=rumors, **fields)
+
+    def _send(self, dst: Addr, msg: Message, now: float) -> None:
+        data = self._sealer.seal(encode_message(msg))
+        if len(data) <= self.config.max_datagram:
+            self._outbox.append(Datagram(dst, data))
+            self.counters["datagrams_out"] += 1
+        elif len(data) <= self.config.max_stream_frame:
+            self._outbox.append(StreamFrame(dst, data))
+            self.counters["frames_out"] += 1
+        else:
+            self.counters["too_large_to_send"] += 1
+            return
+        self.counters["bytes_out"] += len(data)
+
+    def _peer_names(self) -> list[str]:
+        if self._peers is None:
+            self._peers = sorted(
+                m.name for m in self.members.values() if m.live and m.name != self.name
+            )
+        return self._peers
+
+    def _random_peers(self, k: int) -> list[str]:
+        peers = self._peer_names()
+        if len(peers) <= k:
+            return list(peers)
+        return self.rng.sample(peers, k)
+
+    def _emit(self, etype: EventType, member: str, now: float, keys: tuple[str, ...] = ()) -> None:
+        self._events.append(GossipEvent(etype, member, now, keys))
+
+
+def _packb(obj: Any) -> bytes:
+    import msgpack
+
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out

@@ -1,0 +1,383 @@
+"""Gossip messages and their msgpack encoding (see docs/PROTOCOL.md).
+
+Plaintext message: msgpack array
+
+    [proto_version, type, sender_name, sender_generation, sender_addr, body...]
+
+Bodies are arrays; a decoder reads the fields it knows and ignores trailing
+extras, so a newer version can append fields and still be read by an older
+node. Unknown message types are dropped and counted, never fatal.
+
+Everything is validated before it is returned: `decode_message` either gives a
+complete, well-typed `Message` or raises `RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from crdt import DecodeError, unpack_limited, validate_plain
+
+from .errors import RemoteProtocolError
+
+PROTO_VERSION = 1
+MIN_PROTO_VERSION = 1
+MAX_NAME = 128
+Addr = tuple[str, int]
+
+
+class MsgType(enum.IntEnum):
+    HEARTBEAT = 1
+    PING = 2
+    ACK = 3
+    PING_REQ = 4
+    SYN = 5
+    SYNACK = 6
+    ACK2 = 7
+    PUSH = 8
+
+
+class Status(enum.IntEnum):
+    """Member status; at equal (generation, incarnation) a higher value wins."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Rumor:
+    """A claim about one member's liveness, spread SWIM-style."""
+
+    name: str
+    generation: int
+    incarnation: int
+    status: Status
+    addr: Addr
+    suspectors: tuple[str, ...] = ()
+
+    def rank(self) -> tuple[int, int, int]:
+        return (self.generation, self.incarnation, int(self.status))
+
+
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    name: str
+    generation: int
+    max_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpdate:
+    key: str
+    version: int
+    value: Any
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDelta:
+    """Every entry of `name` with version > `from_version` (a complete range),
+    or, with `reset`, the node's whole record replacing the receiver's copy."""
+
+    name: str
+    generation: int
+    addr: Addr
+    from_version: int
+    updates: tuple[KeyUpdate, ...]
+    reset: bool = False
+    gc_floor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """ "`name` is at (generation, max_version)": sent instead of a delta too big
+    for a datagram, so receivers that are behind pull it (over TCP if large)."""
+
+    entry: DigestEntry
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: MsgType
+    sender: str
+    generation: int
+    addr: Addr
+    version: int = PROTO_VERSION
+    # HEARTBEAT / PING / ACK / PING_REQ
+    seq: int = 0
+    target: str = ""
+    target_addr: Addr | None = None
+    state_hash: int = 0
+    # SYN: a rotating digest window covering names in (lo, hi]; None is open-ended.
+    digest: tuple[DigestEntry, ...] = ()
+    lo: str | None = None
+    hi: str | None = None
+    # SYN/SYNACK: hashes of cluster CRDTs, or CRDT states/deltas as encoded bytes.
+    crdt_hashes: tuple[tuple[str, int], ...] = ()
+    crdts: tuple[tuple[str, bytes], ...] = ()
+    deltas: tuple[NodeDelta, ...] = ()
+    announces: tuple[Announce, ...] = ()
+    rumors: tuple[Rumor, ...] = field(default=())
+
+
+# -- encoding ------------------------------------------------------------------
+
+
+def _addr(a: Addr) -> list[Any]:
+    return [a[0], a[1]]
+
+
+def rumor_wire(r: Rumor) -> list[Any]:
+    return [r.name, r.generation, r.incarnation, int(r.status), _addr(r.addr), list(r.suspectors)]
+
+
+def delta_wire(d: NodeDelta) -> list[Any]:
+    ups: list[Any] = []
+    for u in d.updates:
+        ups.append([u.key, u.version] if u.deleted else [u.key, u.version, u.value])
+    return [d.name, d.generation, _addr(d.addr), d.from_version, ups, d.reset, d.gc_floor]
+
+
+def digest_wire(e: DigestEntry) -> list[Any]:
+    return [e.name, e.generation, e.max_version]
+
+
+def announce_wire(a: Announce) -> list[Any]:
+    return [*digest_wire(a.entry), _addr(a.addr)]
+
+
+def body_wire(m: Message) -> list[Any]:
+    rumors = [rumor_wire(r) for r in m.rumors]
+    t = m.type
+    if t == MsgType.HEARTBEAT:
+        return [m.state_hash, rumors]
+    if t == MsgType.PING:
+        return [m.seq, m.target, m.state_hash, rumors]
+    if t == MsgType.ACK:
+        return [m.seq, m.state_hash, rumors]
+    if t == MsgType.PING_REQ:
+        assert m.target_addr is not None
+        return [m.seq, m.target, _addr(m.target_addr), rumors]
+    if t == MsgType.SYN:
+        return [
+            m.state_hash,
+            [digest_wire(e) for e in m.digest],
+            m.lo,
+            m.hi,
+            [list(h) for h in m.crdt_hashes],
+            rumors,
+        ]
+    # SYNACK, ACK2 and PUSH share one body layout.
+    return [
+        [digest_wire(e) for e in m.digest],
+        [delta_wire(d) for d in m.deltas],
+        [[n, b] for n, b in m.crdts],
+        [announce_wire(a) for a in m.announces],
+        rumors,
+    ]
+
+
+def encode_message(m: Message) -> bytes:
+    out: bytes = msgpack.packb(
+        [m.version, int(m.type), m.sender, m.generation, _addr(m.addr), *body_wire(m)],
+        use_bin_type=True,
+    )
+    return out
+
+
+# -- decoding: validate everything, raise RemoteProtocolError -------------------
+
+
+def _fail(detail: str) -> RemoteProtocolError:
+    return RemoteProtocolError("malformed", detail)
+
+
+def _list(o: object, what: str, min_len: int = 0) -> list[Any]:
+    if type(o) is not list or len(o) < min_len:
+        raise _fail(f"{what}: expected an array of at least {min_len}")
+    return o
+
+
+def _uint(o: object, what: str) -> int:
+    if type(o) is not int or not 0 <= o < 2**64:
+        raise _fail(f"{what}: expected an unsigned int")
+    return o
+
+
+def _name(o: object, what: str) -> str:
+    if type(o) is not str or not 0 < len(o) <= MAX_NAME:
+        raise _fail(f"{what}: expected a name of 1..{MAX_NAME} chars")
+    return o
+
+
+def _key(o: object) -> str:
+    if type(o) is not str or len(o) > 1024:
+        raise _fail("key: expected a string of at most 1024 chars")
+    return o
+
+
+def _parse_addr(o: object, what: str) -> Addr:
+    a = _list(o, what, 2)
+    host, port = a[0], a[1]
+    if type(host) is not str or not 0 < len(host) <= 255 or type(port) is not int:
+        raise _fail(f"{what}: expected [host, port]")
+    if not 0 < port < 65536:
+        raise _fail(f"{what}: port out of range")
+    return (host, port)
+
+
+def _plain(o: object) -> Any:
+    try:
+        return validate_plain(o, "value")
+    except DecodeError as e:
+        raise _fail(str(e)) from None
+
+
+def _opt_name(o: object, what: str) -> str | None:
+    return None if o is None else _name(o, what)
+
+
+def parse_rumor(o: object) -> Rumor:
+    r = _list(o, "rumor", 5)
+    try:
+        status = Status(_uint(r[3], "status"))
+    except ValueError:
+        raise _fail("rumor: unknown status") from None
+    suspectors: tuple[str, ...] = ()
+    if len(r) > 5:
+        suspectors = tuple(_name(s, "suspector") for s in _list(r[5], "suspectors")[:16])
+    return Rumor(
+        _name(r[0], "rumor name"),
+        _uint(r[1], "generation"),
+        _uint(r[2], "incarnation"),
+        status,
+        _parse_addr(r[4], "rumor addr"),
+        suspectors,
+    )
+
+
+def parse_digest(o: object) -> DigestEntry:
+    e = _list(o, "digest entry", 3)
+    return DigestEntry(_name(e[0], "digest name"), _uint(e[1], "generation"), _uint(e[2], "ver"))
+
+
+def parse_delta(o: object) -> NodeDelta:
+    d = _list(o, "delta", 7)
+    ups: list[KeyUpdate] = []
+    seen: set[str] = set()
+    for u in _list(d[4], "updates"):
+        u = _list(u, "update", 2)
+        key, version = _key(u[0]), _uint(u[1], "version")
+        if key in seen or version == 0:
+            raise _fail("delta: duplicate key or zero version")
+        seen.add(key)
+        if len(u) > 2:
+            ups.append(KeyUpdate(key, version, _plain(u[2]), False))
+        else:
+            ups.append(KeyUpdate(key, version, None, True))
+    if type(d[5]) is not bool:
+        raise _fail("delta: reset must be a boolean")
+    return NodeDelta(
+        _name(d[0], "delta name"),
+        _uint(d[1], "generation"),
+        _parse_addr(d[2], "delta addr"),
+        _uint(d[3], "from_version"),
+        tuple(ups),
+        d[5],
+        _uint(d[6], "gc_floor"),
+    )
+
+
+def parse_announce(o: object) -> Announce:
+    a = _list(o, "announce", 4)
+    return Announce(parse_digest(a[:3]), _parse_addr(a[3], "announce addr"))
+
+
+def _rumors(o: object) -> tuple[Rumor, ...]:
+    return tuple(parse_rumor(r) for r in _list(o, "rumors"))
+
+
+def decode_message(plaintext: bytes, max_bytes: int) -> Message:
+    try:
+        obj = unpack_limited(plaintext, max_bytes)
+    except DecodeError as e:
+        raise _fail(str(e)) from None
+    m = _list(obj, "message", 5)
+    version = m[0]
+    if type(version) is not int or version < MIN_PROTO_VERSION:
+        raise RemoteProtocolError("bad_version", f"protocol version {version!r}")
+    try:
+        mtype = MsgType(m[1])
+    except ValueError:
+        raise RemoteProtocolError("unknown_type", f"message type {m[1]!r}") from None
+    head: dict[str, Any] = {
+        "type": mtype,
+        "sender": _name(m[2], "sender"),
+        "generation": _uint(m[3], "generation"),
+        "addr": _parse_addr(m[4], "sender addr"),
+        "version": version,
+    }
+    b = m[5:]
+    if mtype == MsgType.HEARTBEAT:
+        b = _list(b, "heartbeat", 2)
+        return Message(**head, state_hash=_uint(b[0], "hash"), rumors=_rumors(b[1]))
+    if mtype == MsgType.PING:
+        b = _list(b, "ping", 4)
+        return Message(
+            **head,
+            seq=_uint(b[0], "seq"),
+            target=_name(b[1], "target"),
+            state_hash=_uint(b[2], "hash"),
+            rumors=_rumors(b[3]),
+        )
+    if mtype == MsgType.ACK:
+        b = _list(b, "ack", 3)
+        return Message(
+            **head, seq=_uint(b[0], "seq"), state_hash=_uint(b[1], "hash"), rumors=_rumors(b[2])
+        )
+    if mtype == MsgType.PING_REQ:
+        b = _list(b, "ping-req", 4)
+        return Message(
+            **head,
+            seq=_uint(b[0], "seq"),
+            target=_name(b[1], "target"),
+            target_addr=_parse_addr(b[2], "target addr"),
+            rumors=_rumors(b[3]),
+        )
+    if mtype == MsgType.SYN:
+        b = _list(b, "syn", 6)
+        hashes = []
+        for h in _list(b[4], "crdt hashes"):
+            h = _list(h, "crdt hash", 2)
+            hashes.append((_name(h[0], "crdt name"), _uint(h[1], "crdt hash")))
+        return Message(
+            **head,
+            state_hash=_uint(b[0], "hash"),
+            digest=tuple(parse_digest(e) for e in _list(b[1], "digest")),
+            lo=_opt_name(b[2], "lo"),
+            hi=_opt_name(b[3], "hi"),
+            crdt_hashes=tuple(hashes),
+            rumors=_rumors(b[5]),
+        )
+    b = _list(b, "body", 5)
+    crdts = []
+    for c in _list(b[2], "crdts"):
+        c = _list(c, "crdt", 2)
+        if type(c[1]) is not bytes:
+            raise _fail("crdt payload must be bytes")
+        crdts.append((_name(c[0], "crdt name"), c[1]))
+    return Message(
+        **head,
+        digest=tuple(parse_digest(e) for e in _list(b[0], "digest")),
+        deltas=tuple(parse_delta(d) for d in _list(b[1], "deltas")),
+        crdts=tuple(crdts),
+        announces=tuple(parse_announce(a) for a in _list(b[3], "announces")),
+        rumors=_rumors(b[4]),
+    )
