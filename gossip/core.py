@@ -33,7 +33,6 @@ Design, in brief (docs/PROTOCOL.md has the wire format):
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import math
 import random
@@ -46,6 +45,7 @@ from crdt import CRDT, DecodeError, decode, encode
 from .config import GossipConfig
 from .crypto import SEAL_OVERHEAD, Keyring, Opener, ReplayWindow, Sealer, nonce_counter
 from .errors import LocalProtocolError, RemoteProtocolError, StateTooLarge
+from .live import LiveIndex
 from .state import ClusterState, NodeRecord
 from .wire import (
     Addr,
@@ -145,10 +145,6 @@ class _Probe:
     confirmation: bool = False
 
 
-def ring_position(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
-
-
 class GossipNode:
     def __init__(
         self,
@@ -192,8 +188,8 @@ class GossipNode:
         self._next_round = now + self.rng.uniform(0, self.config.interval)
         self._last_tick = now
         self._quiet_until = 0.0  # no accusations before this (after a local stall)
-        self._ring: list[str] | None = None
-        self._peers: list[str] | None = None
+        self._live = LiveIndex()
+        self._live.add(name)
         self._predecessor: str | None = None
         self._digest_cursor: str | None = None
         self._last_syn_to: dict[str, float] = {}
@@ -247,6 +243,7 @@ class GossipNode:
         self.incarnation += 1
         me = self.members[self.name]
         me.incarnation, me.status = self.incarnation, Status.LEFT
+        self._sync_live(self.name)
         self._queue_rumor(self.name)
         for peer in self._random_peers(2 * self.config.fanout):
             self._send_push(self.members[peer].addr, now)
@@ -404,7 +401,7 @@ class GossipNode:
         self.members[name] = m
         if m.status == Status.SUSPECT:
             self._start_suspicion(m, now, confirm=False)
-        self._membership_changed()
+        self._sync_live(name)
         self._emit(EventType.JOIN, name, now)
         if m.status == Status.ALIVE:
             self._queue_rumor(name)
@@ -454,8 +451,7 @@ class GossipNode:
                 self._emit(EventType.DEAD, m.name, now)
             elif r.status == Status.LEFT:
                 self._emit(EventType.LEAVE, m.name, now)
-            if (was in (Status.ALIVE, Status.SUSPECT)) != m.live:
-                self._membership_changed()
+            self._sync_live(m.name)
             self._queue_rumor(m.name)
             self._push_now(now)
         elif r.rank() == m.rank() and m.status == Status.SUSPECT:
@@ -475,7 +471,7 @@ class GossipNode:
     def _update_suspicion_deadline(self, m: Member) -> None:
         """Lifeguard: timeout falls from max to min as confirmations arrive."""
         c = self.config
-        n = max(1, len(self._ring_names()))
+        n = max(1, len(self._live))
         scale = max(1.0, math.log10(n))
         lo, hi = c.suspicion_min * scale, c.suspicion_max * scale
         k = c.suspicion_confirmations
@@ -487,29 +483,22 @@ class GossipNode:
     def _declare_dead(self, m: Member, now: float) -> None:
         m.status, m.status_since = Status.DEAD, now
         m.suspicion_deadline = 0.0
-        self._membership_changed()
+        self._sync_live(m.name)
         self._emit(EventType.DEAD, m.name, now)
         self._queue_rumor(m.name)
         self._push_now(now)
 
-    def _membership_changed(self) -> None:
-        self._ring = None
-        self._peers = None
+    def _sync_live(self, name: str) -> None:
+        m = self.members.get(name)
+        if m is not None and m.live:
+            self._live.add(name)
+        else:
+            self._live.discard(name)
 
     # ------------------------------------------------------------------ failure detection
 
-    def _ring_names(self) -> list[str]:
-        if self._ring is None:
-            live = [m.name for m in self.members.values() if m.live]
-            self._ring = sorted(live, key=lambda n: (ring_position(n), n))
-        return self._ring
-
     def _neighbours(self) -> tuple[str | None, str | None]:
-        ring = self._ring_names()
-        if len(ring) < 2 or self.name not in ring:
-            return None, None
-        i = ring.index(self.name)
-        return ring[i - 1], ring[(i + 1) % len(ring)]
+        return self._live.neighbours(self.name)
 
     def _probe_timeout(self) -> float:
         return self.config.probe_timeout * (1 + self.local_health)
@@ -623,8 +612,8 @@ class GossipNode:
     def _do_round(self, now: float) -> None:
         self._round += 1
         c = self.config
-        live_peers = self._peer_names()
-        if not live_peers and self._seeds:
+        alone = len(self._live) <= 1
+        if alone and self._seeds:
             for seed in self._seeds:  # still alone: keep knocking on the seeds
                 self._send_syn(seed, now)
         if self._round % c.heartbeat_every == 0:
@@ -636,8 +625,8 @@ class GossipNode:
         if self._bc_records or self._bc_rumors or self._bc_crdts:
             for peer in self._random_peers(c.fanout):
                 self._send_push(self.members[peer].addr, now)
-        if self._round % c.anti_entropy_every == 0 and live_peers:
-            peer = self.rng.choice(live_peers)
+        if self._round % c.anti_entropy_every == 0 and not alone:
+            (peer,) = self._random_peers(1)
             # Hash only: an idle peer with equal state stays silent.
             self._send(
                 self.members[peer].addr, self._msg(MsgType.SYN, state_hash=self.state.hash), now
@@ -650,6 +639,7 @@ class GossipNode:
         for m in list(self.members.values()):
             if m.status in (Status.DEAD, Status.LEFT) and now - m.status_since >= c.dead_grace:
                 del self.members[m.name]
+                self._live.discard(m.name)
                 self.state.remove_record(m.name, now)
                 self.state.tombstones[m.name] = (m.generation, now)
                 self._bc_rumors.pop(m.name, None)
@@ -810,7 +800,7 @@ class GossipNode:
     # ------------------------------------------------------------------ dissemination
 
     def _retransmit_limit(self) -> int:
-        n = len(self._ring_names())
+        n = len(self._live)
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
 
     def _queue_record(self, name: str, from_version: int) -> None:
@@ -944,18 +934,8 @@ class GossipNode:
             return
         self.counters["bytes_out"] += len(data)
 
-    def _peer_names(self) -> list[str]:
-        if self._peers is None:
-            self._peers = sorted(
-                m.name for m in self.members.values() if m.live and m.name != self.name
-            )
-        return self._peers
-
     def _random_peers(self, k: int) -> list[str]:
-        peers = self._peer_names()
-        if len(peers) <= k:
-            return list(peers)
-        return self.rng.sample(peers, k)
+        return self._live.sample(self.rng, k, exclude=self.name)
 
     def _emit(self, etype: EventType, member: str, now: float, keys: tuple[str, ...] = ()) -> None:
         self._events.append(GossipEvent(etype, member, now, keys))

@@ -1,0 +1,65 @@
+"""The live-member index: O(1) membership updates and random sampling, and
+O(log N) ring neighbours, so no per-message work grows with cluster size."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+
+
+def ring_position(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+
+
+class LiveIndex:
+    __slots__ = ("_names", "_pos", "_ring")
+
+    def __init__(self) -> None:
+        self._names: list[str] = []  # for sampling; order is deterministic
+        self._pos: dict[str, int] = {}
+        self._ring: list[tuple[int, str]] = []  # sorted by (ring position, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pos
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def add(self, name: str) -> None:
+        if name in self._pos:
+            return
+        self._pos[name] = len(self._names)
+        self._names.append(name)
+        bisect.insort(self._ring, (ring_position(name), name))
+
+    def discard(self, name: str) -> None:
+        i = self._pos.pop(name, None)
+        if i is None:
+            return
+        last = self._names.pop()
+        if last != name:  # swap-remove
+            self._names[i] = last
+            self._pos[last] = i
+        key = (ring_position(name), name)
+        j = bisect.bisect_left(self._ring, key)
+        del self._ring[j]
+
+    def sample(self, rng: random.Random, k: int, exclude: str) -> list[str]:
+        """Up to k distinct names other than `exclude`, drawn from `rng`."""
+        n = len(self._names) - (1 if exclude in self._pos else 0)
+        if n <= 0:
+            return []
+        if n <= k:
+            return [x for x in self._names if x != exclude]
+        picks = rng.sample(self._names, min(k + 1, len(self._names)))
+        return [x for x in picks if x != exclude][:k]
+
+    def neighbours(self, name: str) -> tuple[str | None, str | None]:
+        """(predecessor, successor) of `name` on the ring, if it is live and not alone."""
+        if name not in self._pos or len(self._ring) < 2:
+            return None, None
+        j = bisect.bisect_left(self._ring, (ring_position(name), name))
+        pred = self._ring[j - 1][1]
+        succ = self._ring[(j + 1) % len(self._ring)][1]
+        return pred, succ
