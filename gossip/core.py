@@ -183,6 +183,7 @@ class GossipNode:
         self._bc_crdts: dict[str, tuple[CRDT, int]] = {}  # crdt name -> (joined delta, left)
         self._probes: dict[int, _Probe] = {}
         self._probing: set[str] = set()
+        self._suspects: set[str] = set()  # members with a running suspicion timer
         self._seq = 0
         self._round = 0
         self._next_round = now + self.rng.uniform(0, self.config.interval)
@@ -261,8 +262,9 @@ class GossipNode:
         t = self._next_round
         for p in self._probes.values():
             t = min(t, p.deadline)
-        for m in self.members.values():
-            if m.status == Status.SUSPECT and m.suspicion_deadline:
+        for name in self._suspects:
+            m = self.members.get(name)
+            if m is not None and m.status == Status.SUSPECT and m.suspicion_deadline:
                 t = min(t, m.suspicion_deadline)
         return t
 
@@ -479,6 +481,7 @@ class GossipNode:
         frac = math.log(confirmations + 1) / math.log(k + 1) if k > 0 else 1.0
         timeout = max(lo, hi - (hi - lo) * min(1.0, frac))
         m.suspicion_deadline = m.suspicion_start + timeout
+        self._suspects.add(m.name)
 
     def _declare_dead(self, m: Member, now: float) -> None:
         m.status, m.status_since = Status.DEAD, now
@@ -565,8 +568,12 @@ class GossipNode:
                 self._push_now(now)
         if now < self._quiet_until:
             return
-        for m in list(self.members.values()):
-            if m.status == Status.SUSPECT and m.suspicion_deadline and now >= m.suspicion_deadline:
+        for name in sorted(self._suspects):
+            m = self.members.get(name)
+            if m is None or m.status != Status.SUSPECT or not m.suspicion_deadline:
+                self._suspects.discard(name)
+            elif now >= m.suspicion_deadline:
+                self._suspects.discard(name)
                 self._declare_dead(m, now)
 
     def _watch_predecessor(self, now: float) -> None:
@@ -597,7 +604,9 @@ class GossipNode:
             self.local_health = min(self.config.max_local_health, self.local_health + 2)
             for m in self.members.values():
                 m.last_heard = max(m.last_heard, now)
-                if m.status == Status.SUSPECT and m.suspicion_deadline:
+            for name in self._suspects:
+                m = self.members[name] if name in self.members else None
+                if m is not None and m.suspicion_deadline:
                     m.suspicion_deadline = max(m.suspicion_deadline, now + self._probe_timeout())
             self._probes = {s: p for s, p in self._probes.items() if p.relay_to is not None}
             self._probing.clear()

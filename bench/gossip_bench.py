@@ -1,0 +1,158 @@
+"""Gossip benchmark, in memory (sim.network runs the real, encrypted core).
+
+1. Idle traffic: bytes sent per node per second with nothing changing, and
+   under 10 changes per second cluster-wide (a random node rewrites a 100-byte
+   key every 0.1 s), at N = 10, 40, 100 and 1,000. Each node carries
+   `--state` bytes of its own state (4 KB by default; 256 B at N = 1,000 to
+   fit 1,000 x 1,000 replicas in memory).
+2. The largest per-node state carried: one node writes a value of each size;
+   it counts when every other node holds it within 10 s.
+3. CPU time per gossip message: receive_datagram on real sealed datagrams.
+
+    python bench/gossip_bench.py [--sizes 10,40,100,1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from gossip.core import Datagram, GossipNode
+from gossip.crypto import Keyring
+from sim.network import LinkModel, SimNetwork, bootstrap
+
+KEY = Keyring.generate(random.Random(7))
+
+
+def traffic(n: int, state_bytes: int, seconds: float = 20.0) -> dict[str, Any]:
+    net = bootstrap(n, seed=n, link=LinkModel(latency=0.001, jitter=0.001), keyring=KEY)
+    for sn in net.nodes.values():
+        sn.node.set_key("state", "s" * state_bytes, net.now)
+        net._flush(sn)
+    assert net.run_until_true(net.converged, 60, 0.5), "did not converge"
+    net.run_for(5)  # let retransmit queues drain
+
+    def sent() -> int:
+        return sum(net.bytes_sent.values())
+
+    b0, w0 = sent(), time.process_time()
+    net.run_for(seconds)
+    idle = (sent() - b0) / seconds / n
+    idle_cpu = time.process_time() - w0
+
+    rng = random.Random(1)
+    names = sorted(net.nodes)
+    b0 = sent()
+    end = net.now + seconds
+    i = 0
+    while net.now < end:
+        sn = net.nodes[rng.choice(names)]
+        i += 1
+        sn.node.set_key("load", f"{i:08d}" + "x" * 92, net.now)
+        net._flush(sn)
+        net.run_for(0.1)
+    busy = (sent() - b0) / seconds / n
+    converged = net.run_until_true(net.converged, 10, 0.1)
+    return {
+        "nodes": n,
+        "state_bytes_per_node": state_bytes,
+        "idle_bytes_per_node_per_s": round(idle, 1),
+        "changes_10_per_s_bytes_per_node_per_s": round(busy, 1),
+        "converged_after": converged,
+        "sim_seconds_per_cpu_second_idle": round(seconds / idle_cpu, 2),
+    }
+
+
+def largest_state() -> dict[str, Any]:
+    out = {}
+    for size in (4_096, 65_536, 1_048_576, 4_000_000):
+        net = SimNetwork(11, keyring=KEY)
+        for i in range(5):
+            net.add_node(f"n{i}", join=["n0"] if i else None)
+        net.run_for(3)
+        blob = "b" * size
+        writer = net.nodes["n1"]
+        writer.node.set_key("blob", blob, net.now)
+        net._flush(writer)
+        t0 = net.now
+        ok = net.run_until_true(
+            lambda blob=blob, net=net: all(
+                (r := sn.node.record("n1")) is not None and r.get("blob") == blob
+                for sn in net.live()
+            ),
+            10,
+            0.01,
+        )
+        out[size] = round(net.now - t0, 3) if ok else None
+    return out
+
+
+def cpu_per_message(count: int = 3000) -> dict[str, float]:
+    def pair() -> tuple[GossipNode, GossipNode]:
+        a = GossipNode("a", ("10.0.0.1", 1), rng=random.Random(1), now=0, generation=1, keyring=KEY)
+        b = GossipNode("b", ("10.0.0.2", 1), rng=random.Random(2), now=0, generation=1, keyring=KEY)
+        return a, b
+
+    a, b = pair()
+    a.join([b.addr], 0)
+    for o in a.take_outgoing():
+        b.receive_datagram(o.data, a.addr, 0.01)
+    for o in b.take_outgoing():
+        a.receive_datagram(o.data, b.addr, 0.02)
+    results = {}
+    # Heartbeats (the idle steady state) and pushes (a 100-byte change each).
+    hb: list[bytes] = []
+    push: list[bytes] = []
+    t = 1.0
+    for i in range(count):
+        t += 0.2
+        a.tick(t)
+        hb += [o.data for o in a.take_outgoing() if isinstance(o, Datagram)]
+        a.set_key("k", "v" * 100 + str(i), t)
+        push += [o.data for o in a.take_outgoing() if isinstance(o, Datagram)]
+    for label, batch in (("heartbeat_or_round", hb), ("push_100B_change", push)):
+        start = time.perf_counter()
+        for d in batch:
+            b.receive_datagram(d, a.addr, t)
+        b.take_outgoing()
+        elapsed = time.perf_counter() - start
+        results[f"{label}_us"] = round(elapsed / max(1, len(batch)) * 1e6, 1)
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", default="10,40,100,1000")
+    ap.add_argument("--state", type=int, default=4096, help="own state per node, bytes")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        state = args.state if n <= 100 else 256
+        rows.append(traffic(n, state, args.seconds))
+        if not args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "traffic": rows,
+        "largest_state_seconds_to_all": largest_state(),
+        "cpu_per_message": cpu_per_message(),
+    }
+    print(
+        json.dumps(
+            result if args.json else {k: v for k, v in result.items() if k != "traffic"}, indent=1
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
