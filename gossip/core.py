@@ -605,9 +605,11 @@ class GossipNode:
             for m in self.members.values():
                 m.last_heard = max(m.last_heard, now)
             for name in self._suspects:
-                m = self.members[name] if name in self.members else None
-                if m is not None and m.suspicion_deadline:
-                    m.suspicion_deadline = max(m.suspicion_deadline, now + self._probe_timeout())
+                suspect = self.members.get(name)
+                if suspect is not None and suspect.suspicion_deadline:
+                    suspect.suspicion_deadline = max(
+                        suspect.suspicion_deadline, now + self._probe_timeout()
+                    )
             self._probes = {s: p for s, p in self._probes.items() if p.relay_to is not None}
             self._probing.clear()
             self._quiet_until = now + self._probe_timeout()

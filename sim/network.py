@@ -275,7 +275,7 @@ def bootstrap(
             rec = other.node.own
             delta = NodeDelta(rec.name, rec.generation, rec.addr, 0, (), reset=True)
             sn.node.state.apply_delta(delta, net.now)
-            sn.node._new_member(rec.name, rec.generation, rec.addr, net.now)  # noqa: SLF001
-        sn.node._bc_rumors.clear()  # noqa: SLF001 - nothing to announce: all known
+            sn.node._new_member(rec.name, rec.generation, rec.addr, net.now)
+        sn.node._bc_rumors.clear()  # nothing to announce: all known
         sn.node.take_events()
     return net
