@@ -70,6 +70,58 @@ def traffic(n: int, state_bytes: int, seconds: float = 20.0) -> dict[str, Any]:
     }
 
 
+def detection(n: int, loss: float = 0.2, watch: float = 60.0) -> dict[str, Any]:
+    """Time until every live peer declares a crashed node dead; false deaths
+    over `watch` seconds at `loss` packet loss before the crash."""
+    net = bootstrap(n, seed=100 + n, link=LinkModel(latency=0.001, jitter=0.001), keyring=KEY)
+    net.run_for(3)
+    net.link.loss = loss
+    net.run_for(watch)
+    false_deaths = sum(
+        1 for sn in net.live() for _, e in sn.events if e.type.value == "member-dead"
+    )
+    suspicions = sum(
+        1 for sn in net.live() for _, e in sn.events if e.type.value == "member-suspect"
+    )
+    net.link.loss = 0.0
+    net.run_for(3)
+    victim = f"node{n // 2}"
+    net.crash(victim)
+    t0 = net.now
+    ok = net.run_until_true(
+        lambda: all(
+            net.status_of(sn.name, victim) is not None
+            and net.status_of(sn.name, victim).name == "DEAD"
+            for sn in net.live()
+        ),
+        30,
+        0.01,
+    )
+    return {
+        "nodes": n,
+        "detected_by_all_s": round(net.now - t0, 2) if ok else None,
+        f"false_deaths_at_{int(loss * 100)}pct_loss_over_{int(watch)}s": false_deaths,
+        "suspicions_refuted": suspicions,
+    }
+
+
+def heartbeat_in_state(n: int, seconds: float = 10.0) -> float:
+    """The alternative design, measured with the same machinery: every node
+    bumps a heartbeat key in its gossiped record every round (chitchat-style)."""
+    net = bootstrap(n, seed=200 + n, link=LinkModel(latency=0.001), keyring=KEY)
+    net.run_for(2)
+    b0 = sum(net.bytes_sent.values())
+    end = net.now + seconds
+    beat = 0
+    while net.now < end:
+        beat += 1
+        for sn in net.nodes.values():
+            sn.node.set_key("heartbeat", beat, net.now)
+            net._flush(sn)
+        net.run_for(net.config.interval)
+    return round((sum(net.bytes_sent.values()) - b0) / seconds / n, 1)
+
+
 def largest_state() -> dict[str, Any]:
     out = {}
     for size in (4_096, 65_536, 1_048_576, 4_000_000):
@@ -143,6 +195,10 @@ def main() -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "traffic": rows,
+        "detection": [detection(n) for n in (10, 40, 100)],
+        "heartbeats_in_state_bytes_per_node_per_s": {
+            n: heartbeat_in_state(n) for n in (10, 40, 100)
+        },
         "largest_state_seconds_to_all": largest_state(),
         "cpu_per_message": cpu_per_message(),
     }

@@ -271,6 +271,23 @@ class GossipNode:
     def live_members(self) -> list[Member]:
         return [m for m in self.members.values() if m.live]
 
+    def evidence(self, name: str, now: float) -> dict[str, Any]:
+        """Why we hold `name` at its status: what a failure detector saw."""
+        m = self.members[name]
+        out: dict[str, Any] = {
+            "status": m.status.name.lower(),
+            "incarnation": m.incarnation,
+            "generation": m.generation,
+            "last_heard_s": round(max(0.0, now - m.last_heard), 3),
+            "status_since_s": round(max(0.0, now - m.status_since), 3),
+            "probing": name in self._probing,
+            "local_health": self.local_health,
+        }
+        if m.status == Status.SUSPECT:
+            out["suspectors"] = sorted(m.suspectors)
+            out["dead_in_s"] = round(max(0.0, m.suspicion_deadline - now), 3)
+        return out
+
     def record(self, name: str) -> NodeRecord | None:
         return self.state.records.get(name)
 

@@ -260,3 +260,16 @@ def test_replayed_and_forged_datagrams_are_dropped() -> None:
     c_addr = ("10.0.0.3", 1)
     b.receive_datagram(syn.data, c_addr, 0.3)
     assert b.counters["dropped_identity"] == 1
+
+
+def test_statuses_are_exposed_with_evidence() -> None:
+    net = cluster(5, seed=15)
+    net.crash("node2")
+    observer = net.nodes["node0"].node
+    assert net.run_until_true(lambda: observer.members["node2"].status == Status.SUSPECT, 10,
+                              0.01)
+    ev = observer.evidence("node2", net.now)
+    assert ev["status"] == "suspect" and ev["suspectors"] and ev["dead_in_s"] >= 0
+    assert net.run_until_true(lambda: observer.members["node2"].status == Status.DEAD, 10)
+    assert observer.evidence("node2", net.now)["status"] == "dead"
+    assert observer.evidence("node1", net.now)["last_heard_s"] < 2
