@@ -13,7 +13,8 @@ class GossipConfig:
     interval: float = 0.2
     fanout: int = 3
     #: Heartbeat to the ring successor every this many rounds (0.4 s by default):
-    #: one datagram per node per period, whatever the cluster size.
+    #: one datagram per node per period, whatever the cluster size. 0 disables
+    #: heartbeats and the failure detector (for protocol experiments only).
     heartbeat_every: int = 2
     #: Silence from the ring predecessor longer than this many heartbeat periods
     #: triggers an active check (direct ping plus `indirect_probes` ping-reqs).
@@ -29,8 +30,12 @@ class GossipConfig:
     suspicion_confirmations: int = 3
     #: Each update is sent retransmit_mult * ceil(log10(N + 1)) times (memberlist).
     retransmit_mult: int = 4
-    #: Anti-entropy: a state-hash probe to a random peer every this many rounds.
+    #: Anti-entropy: a state-hash probe to a random peer every this many rounds
+    #: (0 disables it; `anti_entropy_full` sends a whole digest window instead).
     anti_entropy_every: int = 10
+    anti_entropy_full: bool = False
+    #: Forward news to `fanout` peers the moment it arrives, not at the next round.
+    eager_push: bool = True
     #: Digest entries per SYN: the digest is a rotating window, never O(N).
     digest_window: int = 24
     #: Dead and left members are removed after this grace; their tombstones
@@ -51,6 +56,8 @@ class GossipConfig:
         for name in ("interval", "probe_timeout", "suspicion_min", "suspicion_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.heartbeat_every < 0 or self.anti_entropy_every < 0 or self.retransmit_mult < 0:
+            raise ValueError("heartbeat_every, anti_entropy_every, retransmit_mult must be >= 0")
         if self.fanout < 1:
             raise ValueError("fanout must be at least 1")
         if self.suspicion_max < self.suspicion_min:

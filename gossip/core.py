@@ -191,6 +191,7 @@ class GossipNode:
         self._quiet_until = 0.0  # no accusations before this (after a local stall)
         self._live = LiveIndex()
         self._live.add(name)
+        self._departed: set[str] = set()
         self._predecessor: str | None = None
         self._digest_cursor: str | None = None
         self._last_syn_to: dict[str, float] = {}
@@ -220,6 +221,7 @@ class GossipNode:
 
     def delete_key(self, key: str, now: float) -> None:
         if self.own.delete_local(key, now):
+            self.state.with_tombstones.add(self.name)
             self._own_changed(now)
 
     def register_crdt(self, name: str, value: CRDT) -> None:
@@ -259,14 +261,19 @@ class GossipNode:
         return ev
 
     def next_deadline(self) -> float:
-        t = self._next_round
+        t = self._next_work_round()
+        watch = self._silence_deadline()
+        if watch is not None:
+            t = min(t, watch)
         for p in self._probes.values():
             t = min(t, p.deadline)
         for name in self._suspects:
             m = self.members.get(name)
             if m is not None and m.status == Status.SUSPECT and m.suspicion_deadline:
-                t = min(t, m.suspicion_deadline)
-        return t
+                t = min(t, max(m.suspicion_deadline, self._quiet_until))
+        # Never ask to be woken at or before the last tick: whatever was due then
+        # has been handled, and a stale deadline must not become a busy loop.
+        return max(t, self._last_tick + 1e-3)
 
     def live_members(self) -> list[Member]:
         return [m for m in self.members.values() if m.live]
@@ -514,6 +521,14 @@ class GossipNode:
             self._live.add(name)
         else:
             self._live.discard(name)
+        if m is not None and m.status in (Status.DEAD, Status.LEFT):
+            self._departed.add(name)
+        else:
+            self._departed.discard(name)
+
+    def _live_departed(self) -> set[str]:
+        """Dead or left members still held (awaiting garbage collection)."""
+        return {n for n in self._departed if n in self.members}
 
     # ------------------------------------------------------------------ failure detection
 
@@ -593,7 +608,21 @@ class GossipNode:
                 self._suspects.discard(name)
                 self._declare_dead(m, now)
 
+    def _silence(self) -> float:
+        return self.config.silence_periods * self._heartbeat_period() * (1 + self.local_health)
+
+    def _silence_deadline(self) -> float | None:
+        pred = self._predecessor
+        if pred is None or pred in self._probing or self.config.heartbeat_every <= 0:
+            return None
+        m = self.members.get(pred)
+        if m is None or m.status != Status.ALIVE:
+            return None
+        return max(m.last_heard + self._silence(), self._quiet_until)
+
     def _watch_predecessor(self, now: float) -> None:
+        if self.config.heartbeat_every <= 0:
+            return
         pred, _ = self._neighbours()
         if pred != self._predecessor:
             self._predecessor = pred
@@ -604,8 +633,7 @@ class GossipNode:
         if pred is None or pred in self._probing or now < self._quiet_until:
             return
         m = self.members[pred]
-        silence = self.config.silence_periods * self._heartbeat_period() * (1 + self.local_health)
-        if m.status == Status.ALIVE and now - m.last_heard > silence:
+        if m.status == Status.ALIVE and now - m.last_heard > self._silence():
             self._probe(pred, now)
 
     # ------------------------------------------------------------------ timers
@@ -613,8 +641,8 @@ class GossipNode:
     def tick(self, now: float) -> None:
         if self.left:
             return
-        late = now - self._next_round
-        if late > self.config.lag_threshold:
+        due = self._next_work_round()
+        if now - due > self.config.lag_threshold:
             # Our own loop stalled (GC, GPU stall, overload): the silence we saw
             # is ours, not theirs. Give everyone fresh credit and accuse nobody.
             self.counters["local_stalls"] += 1
@@ -630,12 +658,38 @@ class GossipNode:
             self._probes = {s: p for s, p in self._probes.items() if p.relay_to is not None}
             self._probing.clear()
             self._quiet_until = now + self._probe_timeout()
-            self._next_round = now
+            due = now
         self._check_timers(now)
-        if now >= self._next_round:
-            self._next_round = max(self._next_round + self.config.interval, now)
+        self._watch_predecessor(now)
+        if now >= due:
+            # Rounds with nothing to do were skipped: count them, don't run them.
+            interval = self.config.interval
+            self._round += max(0, round((due - self._next_round) / interval))
+            self._next_round = max(due + interval, now)
             self._do_round(now)
         self._last_tick = now
+
+    # Rounds in which periodic work falls; the others run only if updates wait.
+    _GC_EVERY = 10
+
+    def _round_has_work(self, r: int) -> bool:
+        c = self.config
+        return (
+            (c.heartbeat_every > 0 and r % c.heartbeat_every == 0)
+            or (c.anti_entropy_every > 0 and r % c.anti_entropy_every == 0)
+            or r % self._GC_EVERY == 0
+        )
+
+    def _next_work_round(self) -> float:
+        """When the next round that has something to do is due."""
+        if self._bc_records or self._bc_rumors or self._bc_crdts or (
+            self._seeds and len(self._live) <= 1
+        ):
+            return self._next_round
+        k = 0
+        while k < self._GC_EVERY and not self._round_has_work(self._round + 1 + k):
+            k += 1
+        return self._next_round + k * self.config.interval
 
     def _do_round(self, now: float) -> None:
         self._round += 1
@@ -644,30 +698,33 @@ class GossipNode:
         if alone and self._seeds:
             for seed in self._seeds:  # still alone: keep knocking on the seeds
                 self._send_syn(seed, now)
-        if self._round % c.heartbeat_every == 0:
+        if c.heartbeat_every > 0 and self._round % c.heartbeat_every == 0:
             _, succ = self._neighbours()
             if succ is not None:
                 msg = self._msg(MsgType.HEARTBEAT, state_hash=self.state.hash)
                 self._send(self.members[succ].addr, msg, now)
-        self._watch_predecessor(now)
         if self._bc_records or self._bc_rumors or self._bc_crdts:
             for peer in self._random_peers(c.fanout):
                 self._send_push(self.members[peer].addr, now)
-        if self._round % c.anti_entropy_every == 0 and not alone:
+        if c.anti_entropy_every > 0 and self._round % c.anti_entropy_every == 0 and not alone:
             (peer,) = self._random_peers(1)
-            # Hash only: an idle peer with equal state stays silent.
-            self._send(
-                self.members[peer].addr, self._msg(MsgType.SYN, state_hash=self.state.hash), now
-            )
-        if self._round % 5 == 0:
+            if c.anti_entropy_full:
+                self._send_syn(self.members[peer].addr, now)
+            else:
+                # Hash only: an idle peer with equal state stays silent.
+                msg = self._msg(MsgType.SYN, state_hash=self.state.hash)
+                self._send(self.members[peer].addr, msg, now)
+        if self._round % self._GC_EVERY == 0:
             self._collect_garbage(now)
 
     def _collect_garbage(self, now: float) -> None:
         c = self.config
-        for m in list(self.members.values()):
-            if m.status in (Status.DEAD, Status.LEFT) and now - m.status_since >= c.dead_grace:
+        for name in sorted(self._live_departed()):
+            m = self.members[name]
+            if now - m.status_since >= c.dead_grace:
                 del self.members[m.name]
                 self._live.discard(m.name)
+                self._departed.discard(m.name)
                 self.state.remove_record(m.name, now)
                 self.state.tombstones[m.name] = (m.generation, now)
                 self._bc_rumors.pop(m.name, None)
@@ -676,9 +733,15 @@ class GossipNode:
         for name, (_, at) in list(self.state.tombstones.items()):
             if now - at >= c.tombstone_ttl:
                 del self.state.tombstones[name]
-        for name, rec in self.state.records.items():
+        for name in sorted(self.state.with_tombstones):
+            rec = self.state.records.get(name)
+            if rec is None:
+                self.state.with_tombstones.discard(name)
+                continue
             if rec.collect_tombstones(now, c.key_gc_grace):
                 self.state.touched(name)
+            if not any(e.deleted for e in rec.entries.values()):
+                self.state.with_tombstones.discard(name)
 
     # ------------------------------------------------------------------ anti-entropy
 
@@ -832,14 +895,20 @@ class GossipNode:
         return self.config.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
 
     def _queue_record(self, name: str, from_version: int) -> None:
+        if self.config.retransmit_mult <= 0:
+            return
         cur = self._bc_records.get(name)
         fv = from_version if cur is None else min(cur[0], from_version)
         self._bc_records[name] = [fv, self._retransmit_limit()]
 
     def _queue_rumor(self, name: str) -> None:
+        if self.config.retransmit_mult <= 0:
+            return
         self._bc_rumors[name] = self._retransmit_limit()
 
     def _queue_crdt(self, name: str, delta: CRDT) -> None:
+        if self.config.retransmit_mult <= 0:
+            return
         cur = self._bc_crdts.get(name)
         if cur is None:
             joined = delta.copy()
@@ -857,6 +926,8 @@ class GossipNode:
 
     def _push_now(self, now: float) -> None:
         """Eager push: send pending updates to `fanout` random peers right away."""
+        if not self.config.eager_push:
+            return
         for peer in self._random_peers(self.config.fanout):
             self._send_push(self.members[peer].addr, now)
 

@@ -13,12 +13,13 @@ def ring_position(name: str) -> int:
 
 
 class LiveIndex:
-    __slots__ = ("_names", "_pos", "_ring")
+    __slots__ = ("_keys", "_names", "_pos", "_ring")
 
     def __init__(self) -> None:
         self._names: list[str] = []  # for sampling; order is deterministic
         self._pos: dict[str, int] = {}
         self._ring: list[tuple[int, str]] = []  # sorted by (ring position, name)
+        self._keys: dict[str, tuple[int, str]] = {}
 
     def __contains__(self, name: object) -> bool:
         return name in self._pos
@@ -31,7 +32,8 @@ class LiveIndex:
             return
         self._pos[name] = len(self._names)
         self._names.append(name)
-        bisect.insort(self._ring, (ring_position(name), name))
+        key = self._keys[name] = (ring_position(name), name)
+        bisect.insort(self._ring, key)
 
     def discard(self, name: str) -> None:
         i = self._pos.pop(name, None)
@@ -41,7 +43,7 @@ class LiveIndex:
         if last != name:  # swap-remove
             self._names[i] = last
             self._pos[last] = i
-        key = (ring_position(name), name)
+        key = self._keys.pop(name)
         j = bisect.bisect_left(self._ring, key)
         del self._ring[j]
 
@@ -59,7 +61,7 @@ class LiveIndex:
         """(predecessor, successor) of `name` on the ring, if it is live and not alone."""
         if name not in self._pos or len(self._ring) < 2:
             return None, None
-        j = bisect.bisect_left(self._ring, (ring_position(name), name))
+        j = bisect.bisect_left(self._ring, self._keys[name])
         pred = self._ring[j - 1][1]
         succ = self._ring[(j + 1) % len(self._ring)][1]
         return pred, succ

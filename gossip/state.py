@@ -161,6 +161,8 @@ class ClusterState:
         #: name -> (generation, removed_at): removed members that must not return.
         self.tombstones: dict[str, tuple[int, float]] = {}
         self.crdts: dict[str, CRDT] = {}
+        #: records holding deletion tombstones, so GC visits only those.
+        self.with_tombstones: set[str] = set()
         self._crdt_hash: dict[str, int] = {}
         self._record_hash: dict[str, int] = {}
         self.hash = 0
@@ -220,6 +222,8 @@ class ClusterState:
                 return "stale", []
         rec.addr = d.addr
         changed = rec.apply(d, now)
+        if any(u.deleted for u in d.updates):
+            self.with_tombstones.add(d.name)
         self._rehash(d.name)
         if not changed and outcome == "applied":
             return "stale", []
