@@ -188,6 +188,7 @@ class GossipNode:
         self._round = 0
         self._next_round = now + self.rng.uniform(0, self.config.interval)
         self._last_tick = now
+        self._clock = now  # the latest time we were given
         self._quiet_until = 0.0  # no accusations before this (after a local stall)
         self._live = LiveIndex()
         self._live.add(name)
@@ -326,6 +327,7 @@ class GossipNode:
     def _receive(self, data: bytes, src: Addr, now: float, stream: bool) -> None:
         if self.left:
             return
+        self._clock = max(self._clock, now)
         try:
             plaintext, nonce = self._opener.open(data)
             limit = self.config.max_stream_frame if stream else self.config.max_datagram
@@ -642,6 +644,7 @@ class GossipNode:
         if self.left:
             return
         due = self._next_work_round()
+        self._clock = max(self._clock, now)
         if now - due > self.config.lag_threshold:
             # Our own loop stalled (GC, GPU stall, overload): the silence we saw
             # is ours, not theirs. Give everyone fresh credit and accuse nobody.
@@ -661,12 +664,18 @@ class GossipNode:
             due = now
         self._check_timers(now)
         self._watch_predecessor(now)
-        if now >= due:
-            # Rounds with nothing to do were skipped: count them, don't run them.
+        if now >= self._next_round:
+            # Every round boundary passed is counted; only one with work is run.
+            # Rounds with nothing to do are skipped (no tick was even scheduled).
             interval = self.config.interval
-            self._round += max(0, round((due - self._next_round) / interval))
-            self._next_round = max(due + interval, now)
-            self._do_round(now)
+            passed = int((now - self._next_round) // interval) + 1
+            work = now >= due
+            self._round += passed - (1 if work else 0)
+            self._next_round += passed * interval
+            if self._next_round <= now:
+                self._next_round = now + interval
+            if work:
+                self._do_round(now)
         self._last_tick = now
 
     # Rounds in which periodic work falls; the others run only if updates wait.
@@ -682,8 +691,18 @@ class GossipNode:
 
     def _next_work_round(self) -> float:
         """When the next round that has something to do is due."""
-        if self._bc_records or self._bc_rumors or self._bc_crdts or (
-            self._seeds and len(self._live) <= 1
+        if self._next_round < self._clock:
+            # Boundaries passed while we had nothing to do were skipped: the
+            # next round is the next boundary on the grid, not a late one now.
+            interval = self.config.interval
+            missed = math.ceil((self._clock - self._next_round) / interval - 1e-9)
+            self._round += missed
+            self._next_round += missed * interval
+        if (
+            self._bc_records
+            or self._bc_rumors
+            or self._bc_crdts
+            or (self._seeds and len(self._live) <= 1)
         ):
             return self._next_round
         k = 0

@@ -40,7 +40,10 @@ class SimNode:
     node: GossipNode
     alive: bool = True
     paused_until: float = 0.0
-    skew: float = 0.0  # this node's clock reads true time + skew
+    skew: float = 0.0  # this node's clock reads true time + skew + drift * (t - drift_since)
+    drift: float = 0.0
+    drift_since: float = 0.0
+    egress_free_at: float = 0.0  # bandwidth cap: when the node's link is next idle
     events: list[tuple[float, GossipEvent]] = field(default_factory=list)
     next_tick: float = float("inf")
 
@@ -53,7 +56,9 @@ class SimNetwork:
         config: GossipConfig | None = None,
         keyring: Keyring | None = None,
         start: float = 1_000.0,
+        bandwidth: float | None = None,
     ) -> None:
+        self.bandwidth = bandwidth  # bytes per second per node, None for unlimited
         self.seed = seed
         self.link = link or LinkModel()
         self.config = config or GossipConfig()
@@ -96,7 +101,9 @@ class SimNetwork:
         )
         sn = SimNode(name, addr, node)
         if name in self.nodes:
-            sn.skew = self.nodes[name].skew
+            old = self.nodes[name]
+            sn.skew, sn.drift, sn.drift_since = old.skew, old.drift, old.drift_since
+            sn.events = old.events  # one history per name, across restarts
         self.nodes[name] = sn
         self.by_addr[addr] = sn
         if join:
@@ -128,7 +135,13 @@ class SimNetwork:
     # -- the event loop ----------------------------------------------------------
 
     def _local(self, sn: SimNode) -> float:
-        return self.now + sn.skew
+        return self.now + sn.skew + sn.drift * (self.now - sn.drift_since)
+
+    def set_clock(self, name: str, offset: float, drift: float = 0.0) -> None:
+        """Skew a node's clock by `offset` seconds, drifting `drift` s per s from now."""
+        sn = self.nodes[name]
+        sn.skew = offset
+        sn.drift, sn.drift_since = drift, self.now
 
     def _schedule(self, t: float, kind: str, payload: Any) -> None:
         self._seq += 1
@@ -142,16 +155,21 @@ class SimNetwork:
             self._transmit(sn, out)
         for ev in sn.node.take_events():
             sn.events.append((self.now, ev))
-        deadline = sn.node.next_deadline() - sn.skew
+        deadline = sn.node.next_deadline() - (self._local(sn) - self.now)
         if deadline < sn.next_tick or sn.next_tick <= self.now:
             sn.next_tick = max(deadline, self.now)
             self._schedule(sn.next_tick, "tick", sn.name)
 
     def _transmit(self, sn: SimNode, out: Datagram | StreamFrame) -> None:
         link = self.link
+        depart = self.now
+        if self.bandwidth:
+            # A per-node egress cap: packets queue behind each other on the link.
+            depart = max(self.now, sn.egress_free_at)
+            sn.egress_free_at = depart + len(out.data) / self.bandwidth
         if isinstance(out, StreamFrame):
             # TCP: reliable and ordered enough for one frame per connection.
-            self._schedule(self.now + 3 * link.latency, "frame", (sn.addr, out))
+            self._schedule(depart + 3 * link.latency, "frame", (sn.addr, out))
             return
         copies = 1
         if link.duplicate and self._net_rng.random() < link.duplicate:
@@ -161,7 +179,7 @@ class SimNetwork:
                 self.dropped += 1
                 continue
             delay = link.latency + (self._net_rng.random() * link.jitter if link.jitter else 0.0)
-            self._schedule(self.now + delay, "datagram", (sn.addr, out))
+            self._schedule(depart + delay, "datagram", (sn.addr, out))
 
     def step(self) -> bool:
         if not self._heap:
@@ -254,6 +272,7 @@ def bootstrap(
     config: GossipConfig | None = None,
     keyring: Keyring | None = None,
     prefix: str = "node",
+    bandwidth: float | None = None,
 ) -> SimNetwork:
     """N nodes that already know each other (a warm start), for steady-state
     measurements at sizes where replaying N joins would dominate the run.
@@ -264,7 +283,7 @@ def bootstrap(
     """
     from gossip.wire import NodeDelta
 
-    net = SimNetwork(seed, link=link, config=config, keyring=keyring)
+    net = SimNetwork(seed, link=link, config=config, keyring=keyring, bandwidth=bandwidth)
     for i in range(n):
         net.add_node(f"{prefix}{i}")
     nodes = list(net.nodes.values())
