@@ -19,8 +19,8 @@ def plot_run(timeline: Timeline, nodes: int, out: str | Path, title: str = "") -
         if not times:
             continue
         first = times[0]
-        xs = [first] + times
-        ys = [1 / nodes] + [(i + 2) / nodes for i in range(len(times))]
+        xs = [first, *times]
+        ys = [1 / nodes, *((i + 2) / nodes for i in range(len(times)))]
         top.step(xs, ys, where="post", label=key)
     top.set_ylabel("fraction of nodes informed")
     top.set_ylim(0, 1.05)
