@@ -193,6 +193,9 @@ class GossipNode:
         self._live = LiveIndex()
         self._live.add(name)
         self._departed: set[str] = set()
+        # Addresses of removed members: we knock now and then, so a healed
+        # partition finds its other half (Serf's reconnect).
+        self._graveyard: dict[str, Addr] = {}
         self._predecessor: str | None = None
         self._digest_cursor: str | None = None
         self._last_syn_to: dict[str, float] = {}
@@ -367,7 +370,7 @@ class GossipNode:
     def _handle(self, msg: Message, now: float) -> None:
         self._heard_from(msg, now)
         for r in msg.rumors:
-            self._apply_rumor(r, now)
+            self._apply_rumor(r, now, reply_to=msg.addr)
         t = msg.type
         if t == MsgType.HEARTBEAT:
             if msg.state_hash != self.state.hash:
@@ -397,6 +400,12 @@ class GossipNode:
 
     def _heard_from(self, msg: Message, now: float) -> None:
         if self.state.is_tombstoned(msg.sender, msg.generation):
+            # Removed as dead, yet it speaks: tell it, so it can refute with a
+            # higher incarnation (the only way back for this generation).
+            gen, inc, _ = self.state.tombstones[msg.sender]
+            if gen == msg.generation and msg.type != MsgType.PUSH:
+                verdict = Rumor(msg.sender, gen, inc, Status.DEAD, msg.addr)
+                self._tell(msg.sender, msg.addr, verdict, now)
             return
         m = self.members.get(msg.sender)
         if m is None or msg.generation > m.generation:
@@ -404,14 +413,18 @@ class GossipNode:
             m = self.members[msg.sender]
         if m.generation == msg.generation:
             m.last_heard = now
-            if m.status == Status.DEAD and msg.type != MsgType.PUSH:
+            if m.status in (Status.SUSPECT, Status.DEAD) and msg.type != MsgType.PUSH:
                 # It speaks, so it lives; but only it may overrule our verdict.
                 # Tell it, so it refutes with a higher incarnation.
-                last = self._last_told_dead.get(m.name, -1e9)
-                if now - last >= self.config.interval:
-                    self._last_told_dead[m.name] = now
-                    tell = self._msg(MsgType.PUSH, extra_rumors=(m.rumor(),), rumor_budget=0)
-                    self._send(m.addr, tell, now)
+                self._tell(m.name, m.addr, m.rumor(), now)
+
+    def _tell(self, name: str, addr: Addr, verdict: Rumor, now: float) -> None:
+        """Send a member our verdict about it (at most once a round)."""
+        last = self._last_told_dead.get(name, -1e9)
+        if now - last >= self.config.interval:
+            self._last_told_dead[name] = now
+            tell = self._msg(MsgType.PUSH, extra_rumors=(verdict,), rumor_budget=0)
+            self._send(addr, tell, now)
 
     def _new_member(
         self, name: str, generation: int, addr: Addr, now: float, rumor: Rumor | None = None
@@ -436,14 +449,14 @@ class GossipNode:
 
     # ------------------------------------------------------------------ membership
 
-    def _apply_rumor(self, r: Rumor, now: float) -> None:
+    def _apply_rumor(self, r: Rumor, now: float, reply_to: Addr | None = None) -> None:
         if r.name == self.name:
-            if (
+            accused = (
                 r.generation == self.generation
                 and r.status in (Status.SUSPECT, Status.DEAD)
-                and r.incarnation >= self.incarnation
                 and not self.left
-            ):
+            )
+            if accused and r.incarnation >= self.incarnation:
                 # Refute (SWIM): a higher incarnation overrides the accusation.
                 self.incarnation = r.incarnation + 1
                 self.members[self.name].incarnation = self.incarnation
@@ -451,9 +464,19 @@ class GossipNode:
                 self.counters["refutations"] += 1
                 self._queue_rumor(self.name)
                 self._push_now(now)
+                if reply_to is not None:  # and to the accuser, whoever our peers are
+                    self._tell(self.name, reply_to, self.members[self.name].rumor(), now)
+            elif accused and reply_to is not None:
+                # An old verdict, already refuted, but the teller missed it.
+                self._tell(self.name, reply_to, self.members[self.name].rumor(), now)
             return
         if self.state.is_tombstoned(r.name, r.generation):
-            return
+            gen, inc, _ = self.state.tombstones[r.name]
+            if not (r.status == Status.ALIVE and r.generation == gen and r.incarnation > inc):
+                return
+            # It refuted its death: a higher incarnation from the member itself.
+            del self.state.tombstones[r.name]
+            self._graveyard.pop(r.name, None)
         m = self.members.get(r.name)
         if m is None or r.generation > m.generation:
             if r.status in (Status.DEAD, Status.LEFT):
@@ -687,6 +710,7 @@ class GossipNode:
             (c.heartbeat_every > 0 and r % c.heartbeat_every == 0)
             or (c.anti_entropy_every > 0 and r % c.anti_entropy_every == 0)
             or r % self._GC_EVERY == 0
+            or r % c.reconnect_every == 0
         )
 
     def _next_work_round(self) -> float:
@@ -735,6 +759,20 @@ class GossipNode:
                 self._send(self.members[peer].addr, msg, now)
         if self._round % self._GC_EVERY == 0:
             self._collect_garbage(now)
+        if self._round % c.reconnect_every == 0:
+            self._knock_on_the_dead(now)
+
+    def _knock_on_the_dead(self, now: float) -> None:
+        """A hash-only SYN to one dead or removed member; if it is alive after
+        all (a healed partition), the verdicts it triggers lead to refutation."""
+        candidates = sorted(self._graveyard) + sorted(
+            n for n in self._departed if self.members[n].status == Status.DEAD
+        )
+        if not candidates:
+            return
+        name = self.rng.choice(candidates)
+        addr = self._graveyard.get(name) or self.members[name].addr
+        self._send(addr, self._msg(MsgType.SYN, state_hash=self.state.hash), now)
 
     def _collect_garbage(self, now: float) -> None:
         c = self.config
@@ -744,14 +782,16 @@ class GossipNode:
                 del self.members[m.name]
                 self._live.discard(m.name)
                 self._departed.discard(m.name)
-                self.state.remove_record(m.name, now)
-                self.state.tombstones[m.name] = (m.generation, now)
+                self.state.remove_record(m.name, m.incarnation, now)
+                self.state.tombstones[m.name] = (m.generation, m.incarnation, now)
+                self._graveyard[m.name] = m.addr
                 self._bc_rumors.pop(m.name, None)
                 self._bc_records.pop(m.name, None)
                 self._emit(EventType.REMOVED, m.name, now)
-        for name, (_, at) in list(self.state.tombstones.items()):
+        for name, (_, _, at) in list(self.state.tombstones.items()):
             if now - at >= c.tombstone_ttl:
                 del self.state.tombstones[name]
+                self._graveyard.pop(name, None)
         for name in sorted(self.state.with_tombstones):
             rec = self.state.records.get(name)
             if rec is None:
@@ -797,8 +837,8 @@ class GossipNode:
             rec = self.state.records.get(e.name)
             if rec is None:
                 if self.state.is_tombstoned(e.name, e.generation):
-                    gen, _ = self.state.tombstones[e.name]
-                    rumors.append(Rumor(e.name, gen, 2**32, Status.DEAD, msg.addr))
+                    gen, inc, _ = self.state.tombstones[e.name]
+                    rumors.append(Rumor(e.name, gen, inc, Status.DEAD, msg.addr))
                 elif e.name != self.name:
                     # Generation 0 (never issued) means "I have no record at all".
                     want.append(DigestEntry(e.name, 0, 0))

@@ -158,8 +158,9 @@ class ClusterState:
 
     def __init__(self) -> None:
         self.records: dict[str, NodeRecord] = {}
-        #: name -> (generation, removed_at): removed members that must not return.
-        self.tombstones: dict[str, tuple[int, float]] = {}
+        #: name -> (generation, incarnation, removed_at): removed members that may
+        #: return only as a new generation, or by refuting with a higher incarnation.
+        self.tombstones: dict[str, tuple[int, int, float]] = {}
         self.crdts: dict[str, CRDT] = {}
         #: records holding deletion tombstones, so GC visits only those.
         self.with_tombstones: set[str] = set()
@@ -188,10 +189,10 @@ class ClusterState:
         self._rehash(name)
         return rec
 
-    def remove_record(self, name: str, now: float) -> None:
+    def remove_record(self, name: str, incarnation: int, now: float) -> None:
         rec = self.records.pop(name, None)
         if rec is not None:
-            self.tombstones[name] = (rec.generation, now)
+            self.tombstones[name] = (rec.generation, incarnation, now)
             self._rehash(name)
 
     def touched(self, name: str) -> None:

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", default="models", help="output directory (default ./models)")
     export.set_defaults(func=_cmd_export_models)
+
+    from sim.cli import add_sim_parser
+
+    add_sim_parser(sub)
     return parser
 
 

@@ -76,7 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return sum(
             1
             for r in names
-            if models[r] != models[names[0]] or load[r] != load[names[0]]
+            if models[r] != models[names[0]]
+            or load[r] != load[names[0]]
             or catalog[r] != catalog[names[0]]
         )
 

@@ -227,10 +227,13 @@ def run_scenario(
                     break
     # A member some nodes cannot reach is suspect to them, and their rumors
     # reach the nodes that can; neither verdict is a detector error.
+    # A suspicion begun during a partition may run out up to one maximal
+    # suspicion timeout after the heal, before the refutation arrives.
+    grace = config.suspicion_max * max(1.0, math.log10(scn.nodes)) + 2 * config.probe_timeout
     cut_members = [(a, b, {x for pair in g for x in pair}) for a, b, g in cuts]
 
     def cut_off(observer: str, member: str, t: float) -> bool:
-        return any(a <= t <= b + 1.0 and member in g for a, b, g in cut_members)
+        return any(a <= t <= b + grace and member in g for a, b, g in cut_members)
 
     false_deaths = false_suspicions = partition_verdicts = 0
     for n in names:

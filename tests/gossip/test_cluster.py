@@ -266,8 +266,7 @@ def test_statuses_are_exposed_with_evidence() -> None:
     net = cluster(5, seed=15)
     net.crash("node2")
     observer = net.nodes["node0"].node
-    assert net.run_until_true(lambda: observer.members["node2"].status == Status.SUSPECT, 10,
-                              0.01)
+    assert net.run_until_true(lambda: observer.members["node2"].status == Status.SUSPECT, 10, 0.01)
     ev = observer.evidence("node2", net.now)
     assert ev["status"] == "suspect" and ev["suspectors"] and ev["dead_in_s"] >= 0
     assert net.run_until_true(lambda: observer.members["node2"].status == Status.DEAD, 10)

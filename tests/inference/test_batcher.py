@@ -36,9 +36,15 @@ class FakeEngine(Engine):
             raise RuntimeError("weights are corrupt")
         self.max_batch = config.max_batch_size
         return ModelDescription(
-            config.name, "fake", "cpu", "float32",
-            (IOSpec("input", "FP32", (2,)),), (IOSpec("output", "FP32", (2,)),),
-            config.max_batch_size, config.batch_buckets(), 0,
+            config.name,
+            "fake",
+            "cpu",
+            "float32",
+            (IOSpec("input", "FP32", (2,)),),
+            (IOSpec("output", "FP32", (2,)),),
+            config.max_batch_size,
+            config.batch_buckets(),
+            0,
         )
 
     def unload(self, name: str) -> None:
@@ -72,9 +78,7 @@ class FakeEngine(Engine):
         return (0, 0)
 
 
-async def start(
-    nursery: trio.Nursery, spec: str, engine: Engine | None = None
-) -> InferenceService:
+async def start(nursery: trio.Nursery, spec: str, engine: Engine | None = None) -> InferenceService:
     svc = InferenceService(engine or FakeEngine())
     await nursery.start(svc.run)
     svc.load(ModelConfig.from_spec(spec))
@@ -152,7 +156,8 @@ async def test_preferred_batch_size_dispatches_without_waiting() -> None:
     engine = FakeEngine()
     async with trio.open_nursery() as n:
         svc = await start(
-            n, "m=builtin:x,max_batch_size=8,max_queue_delay_ms=5000,preferred_batch_sizes=2",
+            n,
+            "m=builtin:x,max_batch_size=8,max_queue_delay_ms=5000,preferred_batch_sizes=2",
             engine,
         )
         with trio.fail_after(2):  # far less than the 5 s delay

@@ -1,0 +1,189 @@
+"""`rumor sim`: plan a cluster by simulating the real protocol code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .scenario import Scenario, ScenarioError, load_scenario
+
+
+def add_sim_parser(sub: Any) -> None:
+    sim = sub.add_parser(
+        "sim",
+        help="simulate a cluster running the real gossip code, with faults",
+        description="Run N real gossip cores on a virtual clock and a simulated network. "
+        "Flags override the scenario file.",
+    )
+    sim.add_argument("--nodes", type=int, help="cluster size (default 10)")
+    sim.add_argument("--seed", type=int, help="seed for everything (default 1)")
+    sim.add_argument("--interval", type=float, help="gossip interval, s (default 0.2)")
+    sim.add_argument("--fanout", type=int, help="gossip fanout (default 3)")
+    sim.add_argument("--loss", type=float, help="packet loss, 0..1 (default 0)")
+    sim.add_argument("--latency-ms", type=float, help="one-way latency, ms (default 1)")
+    sim.add_argument("--duration", type=float, help="simulated seconds (default 60)")
+    sim.add_argument("--kill-at", type=float, help="kill a random node at this time, s")
+    sim.add_argument("--scenario", metavar="FILE.toml", help="a scenario: settings and events")
+    sim.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    sim.add_argument("--plot", metavar="OUT.png", help="write a PNG: informed fraction, bytes")
+    sim.set_defaults(func=run_sim_command)
+    rest = sim.add_subparsers(dest="sim_command", metavar="{theory}")
+    theory = rest.add_parser("theory", help="measured rounds against the epidemic bounds")
+    theory.add_argument("--sizes", default="100,1000", help="cluster sizes (default 100,1000)")
+    theory.add_argument("--seeds", type=int, default=3, help="runs per size (default 3)")
+    theory.add_argument("--json", action="store_true", dest="theory_json")
+    theory.set_defaults(func=run_theory_command)
+
+
+def _fail(message: str) -> int:
+    print(f"rumor sim: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_sim_command(args: argparse.Namespace) -> int:
+    from .runner import Timeline, run_scenario
+
+    try:
+        scn = load_scenario(args.scenario) if args.scenario else Scenario()
+        scn = scn.with_overrides(
+            nodes=args.nodes,
+            seed=args.seed,
+            interval=args.interval,
+            fanout=args.fanout,
+            loss=args.loss,
+            latency_ms=args.latency_ms,
+            duration=args.duration,
+        )
+        if args.kill_at is not None:
+            from .scenario import Event
+
+            scn = scn.with_overrides(
+                events=tuple(
+                    sorted((*scn.events, Event(args.kill_at, "kill", {})), key=lambda e: e.at)
+                )
+            )
+    except ScenarioError as e:
+        return _fail(str(e))
+    except TypeError as e:  # a wrongly typed override
+        return _fail(str(e))
+
+    timeline = Timeline() if args.plot else None
+    progress, stop = _progress(scn)
+    try:
+        result = run_scenario(scn, progress=progress, timeline=timeline)
+    finally:
+        stop()
+    if args.plot and timeline is not None:
+        from .plot import plot_run
+
+        plot_run(
+            timeline,
+            scn.nodes,
+            args.plot,
+            f"rumor sim: {scn.nodes} nodes, loss {scn.loss:g}, seed {scn.seed}",
+        )
+        result["plot"] = args.plot
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _summary(result, scn)
+    return 0
+
+
+def _progress(scn: Scenario) -> tuple[Any, Any]:
+    """A rich progress bar on stderr, shown only once a run has taken 2 s."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    state: dict[str, Any] = {"bar": None, "t0": time.perf_counter()}
+
+    def update(fraction: float) -> None:
+        if state["bar"] is None:
+            if time.perf_counter() - state["t0"] < 2.0:
+                return
+            bar = Progress(
+                TextColumn(f"simulating {scn.nodes} nodes"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task("sim", total=1.0)
+        state["bar"].update(state["task"], completed=fraction)
+
+    def stop() -> None:
+        if state["bar"] is not None:
+            state["bar"].stop()
+
+    return update, stop
+
+
+def _summary(r: dict[str, Any], scn: Scenario) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    d = r["dissemination"]
+    t = Table(title=f"rumor sim: {r['nodes']} nodes, seed {r['seed']}", show_header=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row(
+        "simulated / wall",
+        f"{r['sim_seconds']:g} s / {r['wall_seconds']:g} s ({r['sim_per_wall']}x)",
+    )
+    if d["updates"]:
+        t.add_row("updates disseminated", f"{d['updates']} ({d['undelivered']} deliveries missing)")
+        t.add_row(
+            "dissemination p50 / p99 / max",
+            f"{d['p50_s']} / {d['p99_s']} / {d['max_s']} s (max {d['rounds_max']} rounds)",
+        )
+    if "failure_detection" in r:
+        fd = r["failure_detection"]
+        t.add_row(
+            "failure detection p50 / max",
+            f"{fd['p50_s']} / {fd['max_s']} s ({fd['observers']} observers)",
+        )
+    t.add_row("false suspicions / deaths", f"{r['false_suspicions']} / {r['false_deaths']}")
+    if r["convergence_after_heal_s"]:
+        t.add_row(
+            "convergence after heal",
+            ", ".join("never" if x is None else f"{x} s" for x in r["convergence_after_heal_s"]),
+        )
+    t.add_row(
+        "traffic",
+        f"{r['bytes_per_node_per_s']:,} B/node/s, {r['messages_per_node_per_s']} msgs/node/s",
+    )
+    t.add_row("converged", "yes" if r["converged"] else "NO")
+    t.add_row("trace hash", r["trace_hash"])
+    Console().print(t)
+
+
+def run_theory_command(args: argparse.Namespace) -> int:
+    from .theory import theory_table
+
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        return _fail(f"--sizes: {args.sizes!r} is not a comma-separated list of integers")
+    if any(n < 2 for n in sizes) or args.seeds < 1:
+        return _fail("--sizes must be >= 2 and --seeds >= 1")
+    rows = theory_table(sizes, args.seeds)
+    if args.theory_json:
+        print(json.dumps({"results": rows}))
+        return 0
+    print(
+        "| N | push rounds (mean / max) | log2 N + ln N | push-pull rounds (mean / max) "
+        "| log3 N | log3 N + ln ln N |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['nodes']:,} | {r['push_rounds_mean']} / {r['push_rounds_max']} "
+            f"| {r['push_bound']} | {r['push_pull_rounds_mean']} / {r['push_pull_rounds_max']} "
+            f"| {r['push_pull_bound_log3']} | {r['push_pull_bound_log3_plus_lnln']} |"
+        )
+    return 0
