@@ -273,6 +273,7 @@ def bootstrap(
     keyring: Keyring | None = None,
     prefix: str = "node",
     bandwidth: float | None = None,
+    state: dict[str, Any] | None = None,
 ) -> SimNetwork:
     """N nodes that already know each other (a warm start), for steady-state
     measurements at sizes where replaying N joins would dominate the run.
@@ -281,18 +282,23 @@ def bootstrap(
     takes (records applied as deltas), so the state is exactly what joins
     would have produced, minus the join traffic.
     """
-    from gossip.wire import NodeDelta
-
     net = SimNetwork(seed, link=link, config=config, keyring=keyring, bandwidth=bandwidth)
     for i in range(n):
         net.add_node(f"{prefix}{i}")
     nodes = list(net.nodes.values())
+    if state:
+        for sn in nodes:
+            for key, value in state.items():
+                sn.node.own.set_local(key, value, net.now)
+            sn.node.state.touched(sn.name)
+    deltas = {sn.name: sn.node.own.delta_since(0, reset=True) for sn in nodes}
     for sn in nodes:
+        sn.node._bc_records.clear()
         for other in nodes:
             if other is sn:
                 continue
             rec = other.node.own
-            delta = NodeDelta(rec.name, rec.generation, rec.addr, 0, (), reset=True)
+            delta = deltas[other.name]
             sn.node.state.apply_delta(delta, net.now)
             sn.node._new_member(rec.name, rec.generation, rec.addr, net.now)
         sn.node._bc_rumors.clear()  # nothing to announce: all known
