@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sim.cli import add_sim_parser
 
+    from .commands import add_node_parsers
+
     add_sim_parser(sub)
+    add_node_parsers(sub)
     return parser
 
 

@@ -1,0 +1,274 @@
+"""`rumor node`, `rumor up`, `rumor status`, `rumor infer`: the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from inference.errors import ConfigError
+
+
+def add_node_parsers(sub: Any) -> None:
+    node = sub.add_parser(
+        "node",
+        help="run a rumor daemon on this host",
+        description="Run a rumor daemon: gossip, inference, routing and the KServe v2 API. "
+        "Settings come from --config (TOML), then flags, then RUMOR_* environment variables. "
+        "On start it prints one JSON line with the bound addresses.",
+    )
+    node.add_argument("--name", help="node name, unique in the cluster (required)")
+    node.add_argument(
+        "--gossip",
+        metavar="HOST:PORT",
+        help="gossip UDP+TCP address (default 127.0.0.1:0; port 0 picks a free port)",
+    )
+    node.add_argument("--http", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:0)")
+    node.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        action="append",
+        default=[],
+        help="a seed's gossip address (repeatable)",
+    )
+    node.add_argument(
+        "--model",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="a model to load, NAME=SOURCE[,key=value...], e.g. mlp=builtin:mlp (repeatable)",
+    )
+    node.add_argument("--config", metavar="FILE", help="TOML config ([node] table, [[model]])")
+    node.add_argument("--data-dir", metavar="DIR", help="persist the generation counter here")
+    node.add_argument("--keyring", metavar="FILE", help="gossip keyring (JSON, AES-GCM keys)")
+    node.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow unencrypted gossip on a non-loopback address",
+    )
+    node.add_argument("--admin-token-file", metavar="FILE", help="bearer token for admin calls")
+    node.add_argument("--interval", type=float, help="gossip interval, s (default 0.2)")
+    node.add_argument("--fanout", type=int, help="gossip fanout (default 3)")
+    node.add_argument("--drain-timeout", type=float, help="shutdown drain, s (default 10)")
+    node.add_argument("--log-json", action="store_true", default=None, help="JSON logs")
+    node.set_defaults(func=cmd_node)
+
+    up = sub.add_parser("up", help="start a local cluster of real daemons on loopback")
+    up.add_argument("--nodes", type=int, default=3, help="number of daemons (default 3)")
+    up.add_argument(
+        "--models",
+        default="mlp=builtin:mlp,transformer=builtin:transformer",
+        help="built-in models spread over the nodes (comma-separated NAME=SOURCE)",
+    )
+    up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="the cluster as one node sees it")
+    status.add_argument("--http", required=True, metavar="HOST:PORT")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    infer = sub.add_parser("infer", help="send one inference request")
+    infer.add_argument("--http", required=True, metavar="HOST:PORT")
+    infer.add_argument("model")
+    infer.add_argument("--data", help="JSON list of values (default: zeros of the model's shape)")
+    infer.set_defaults(func=cmd_infer)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from .config import load_node_config
+    from .daemon import Daemon, print_bound
+
+    flags = {
+        "name": args.name,
+        "gossip": args.gossip,
+        "http": args.http,
+        "join": args.join,
+        "models": args.model,
+        "data_dir": args.data_dir,
+        "keyring": args.keyring,
+        "insecure": args.insecure,
+        "admin_token_file": args.admin_token_file,
+        "interval": args.interval,
+        "fanout": args.fanout,
+        "drain_timeout": args.drain_timeout,
+        "log_json": args.log_json,
+    }
+    try:
+        config = load_node_config(args.config, flags)
+    except ConfigError as e:
+        print(f"rumor node: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO,
+        format='{"t":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}'
+        if config.log_json
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    daemon = Daemon(config)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(daemon.run)
+                print_bound(bound)
+                async for _ in signals:
+                    await daemon.shutdown()
+                    nursery.cancel_scope.cancel()
+                    break
+
+    from gossip.errors import LocalProtocolError
+
+    try:
+        trio.run(main)
+    except BaseException as e:
+        leaves = _leaves(e)
+        if all(isinstance(x, KeyboardInterrupt) for x in leaves) and daemon.stopped.is_set():
+            return 0  # a second signal during a graceful shutdown that already finished
+        for x in leaves:
+            if isinstance(x, LocalProtocolError | ValueError | OSError):
+                print(f"rumor node: error: {x}", file=sys.stderr)
+                return 2 if not isinstance(x, OSError) else 1
+        raise
+    return 0
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for sub in e.exceptions:
+            out += _leaves(sub)
+        return out
+    return [e]
+
+
+def spawn_node(
+    name: str,
+    join: list[str],
+    models: list[str],
+    extra: list[str] | None = None,
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start `rumor node` as a process; returns it and its bound addresses."""
+    cmd = [sys.executable, "-m", "node.cli", "node", "--name", name]
+    for j in join:
+        cmd += ["--join", j]
+    for m in models:
+        cmd += ["--model", m]
+    cmd += extra or []
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(5)
+        raise RuntimeError(f"{name} exited with {proc.returncode} before binding")
+    return proc, json.loads(line)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    models = [m for m in args.models.split(",") if m]
+    procs = []
+    try:
+        first = None
+        for i in range(args.nodes):
+            mine = [models[j] for j in range(len(models)) if j % args.nodes == i]
+            proc, bound = spawn_node(f"node{i}", [first] if first else [], mine)
+            first = first or bound["gossip"]
+            procs.append(proc)
+            print(json.dumps(bound), flush=True)
+        print("cluster up; Ctrl-C stops it", file=sys.stderr, flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        view = httpx.get(f"http://{args.http}/v1/cluster", timeout=5).json()
+    except httpx.HTTPError as e:
+        print(f"rumor status: error: cannot reach {args.http}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(view))
+        return 0
+    table = Table(title=f"cluster as seen from {view['self']}")
+    for col in ("member", "status", "generation", "http", "models", "queue", "in flight", "age"):
+        table.add_column(col)
+    for m in view["members"]:
+        models = ", ".join(f"{k}:{v.get('state')}" for k, v in sorted(m["models"].items()))
+        load = m.get("load") or {}
+        table.add_row(
+            m["name"],
+            m["status"],
+            str(m["generation"]),
+            m["http"],
+            models,
+            str(load.get("queue", "")),
+            str(load.get("in_flight", "")),
+            f"{m['age_s']}s" if m["age_s"] is not None else "",
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = f"http://{args.http}"
+    try:
+        meta = httpx.get(f"{base}/v2/models/{args.model}", timeout=10)
+        if meta.status_code != 200:
+            print(f"rumor infer: {meta.status_code}: {meta.text}", file=sys.stderr)
+            return 1
+        info = meta.json()
+        spec = (info.get("inputs") or [{"name": "input", "datatype": "FP32", "shape": [-1, 1]}])[0]
+        shape = [1, *spec["shape"][1:]]
+        n = 1
+        for d in shape:
+            n *= d
+        data = json.loads(args.data) if args.data else [0] * n
+        body = {
+            "inputs": [
+                {"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": data}
+            ]
+        }
+        r = httpx.post(f"{base}/v2/models/{args.model}/infer", json=body, timeout=30)
+    except (httpx.HTTPError, ValueError) as e:
+        print(f"rumor infer: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(r.json()))
+    return 0 if r.status_code == 200 else 1

@@ -1,0 +1,127 @@
+"""Node configuration: a TOML file, overridden by flags, overridden by RUMOR_*
+environment variables. Every validation error names its field."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gossip.transport import parse_hostport
+from inference.config import ModelConfig
+from inference.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    gossip: str = "127.0.0.1:0"
+    http: str = "127.0.0.1:0"
+    join: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # CLI specs, NAME=SOURCE[,k=v]
+    model_tables: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    data_dir: str | None = None
+    keyring: str | None = None
+    insecure: bool = False
+    admin_token_file: str | None = None
+    log_json: bool = False
+    interval: float = 0.2
+    fanout: int = 3
+    drain_timeout: float = 10.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    request_timeout: float = 30.0
+    forward_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 128:
+            raise ConfigError("name", "is required (1..128 characters)")
+        for key in ("gossip", "http"):
+            try:
+                parse_hostport(getattr(self, key))
+            except ValueError as e:
+                raise ConfigError(key, str(e)) from None
+        for j in self.join:
+            try:
+                parse_hostport(j)
+            except ValueError as e:
+                raise ConfigError("join", str(e)) from None
+        if self.interval <= 0:
+            raise ConfigError("interval", "must be positive")
+        if self.fanout < 1:
+            raise ConfigError("fanout", "must be at least 1")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes", "must be at least 1024")
+        if self.drain_timeout < 0 or self.request_timeout <= 0:
+            raise ConfigError("drain_timeout", "must be >= 0 (request_timeout > 0)")
+        self.model_configs()  # validates every model
+
+    def model_configs(self) -> list[ModelConfig]:
+        out = [ModelConfig.from_spec(s) for s in self.models]
+        out += [ModelConfig.from_dict(dict(t)) for t in self.model_tables]
+        names = [c.name for c in out]
+        if len(set(names)) != len(names):
+            raise ConfigError("model", "two models share a name")
+        return out
+
+
+_TYPES = {f.name: f.type for f in fields(NodeConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    t = str(_TYPES[key])
+    try:
+        if "tuple" in t:
+            if isinstance(value, str):
+                return tuple(v for v in value.split(",") if v)
+            return tuple(value)
+        if t == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if t == "int":
+            return int(value)
+        if t == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"{value!r} is not a valid {t}") from None
+    return value if value is None else str(value)
+
+
+def load_node_config(
+    file: str | None, flags: dict[str, Any], env: dict[str, str] | None = None
+) -> NodeConfig:
+    """TOML file < flags < RUMOR_* environment."""
+    values: dict[str, Any] = {}
+    if file:
+        try:
+            data = tomllib.loads(Path(file).read_text())
+        except OSError as e:
+            raise ConfigError("config", f"{file}: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config", f"{file}: invalid TOML: {e}") from None
+        tables = data.pop("model", [])
+        node = data.pop("node", data)
+        for key, value in node.items():
+            if key not in _TYPES or key == "model_tables":
+                raise ConfigError(key, "unknown setting")
+            values[key] = _coerce(key, value)
+        values["model_tables"] = tuple(tables)
+    for key, value in flags.items():
+        if value is not None and value != () and value != []:
+            values[key] = _coerce(key, value)
+    env = dict(os.environ) if env is None else env
+    for key in _TYPES:
+        raw = env.get(f"RUMOR_{key.upper()}")
+        if raw is not None and key != "model_tables":
+            values[key] = _coerce(key, raw)
+    if "name" not in values:
+        raise ConfigError("name", "is required (--name, [node].name or RUMOR_NAME)")
+    return NodeConfig(**values)
+
+
+def with_overrides(cfg: NodeConfig, **kw: Any) -> NodeConfig:
+    return replace(cfg, **kw)

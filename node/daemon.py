@@ -1,0 +1,326 @@
+"""The rumor daemon: gossip, inference, routing and HTTP under one trio nursery.
+
+    daemon = Daemon(config)
+    await nursery.start(daemon.run)   # returns once every socket is bound
+
+The node's gossiped record holds `http`, `models`, `load` and `device`; it is
+rewritten whenever a value changes, at most once per gossip interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from crdt import LWWMap, LWWRegister, ORMap
+from gossip.config import GossipConfig
+from gossip.core import GossipEvent, GossipNode
+from gossip.crypto import Keyring
+from gossip.transport import GossipRuntime, parse_hostport
+from gossip.wire import Status
+from inference.service import InferenceService, ModelState
+
+from .config import NodeConfig
+
+log = logging.getLogger("rumor.node")
+
+
+def _fmt(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.inference = InferenceService()
+        self.gossip: GossipRuntime | None = None
+        self.http_addr: tuple[str, int] | None = None
+        self.started_at = time.time()
+        self.generation = self._next_generation()
+        self.draining = False
+        self.in_flight = 0
+        self.events: list[dict[str, Any]] = []  # recent events, for /v1/events
+        self._event_waiters: list[trio.MemorySendChannel[dict[str, Any]]] = []
+        self._published: dict[str, Any] = {}
+        self._rng = random.Random()
+        self._nursery: trio.Nursery | None = None
+        self.stopped = trio.Event()
+        self.device = _device_info()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _next_generation(self) -> int:
+        """Persisted and incremented with --data-dir; else wall-clock milliseconds."""
+        if self.config.data_dir is None:
+            return time.time_ns() // 1_000_000
+        d = Path(self.config.data_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "generation"
+        try:
+            gen = int(path.read_text()) + 1
+        except (OSError, ValueError):
+            gen = 1
+        _atomic_write(path, str(gen).encode())
+        return gen
+
+    @property
+    def node(self) -> GossipNode:
+        assert self.gossip is not None and self.gossip.node is not None
+        return self.gossip.node
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from .http import serve_http
+
+        cfg = self.config
+        keyring = Keyring.load(cfg.keyring) if cfg.keyring else None
+        gossip_cfg = GossipConfig(interval=cfg.interval, fanout=cfg.fanout)
+        self.gossip = GossipRuntime(
+            self.name,
+            parse_hostport(cfg.gossip),
+            seeds=[parse_hostport(j) for j in cfg.join],
+            config=gossip_cfg,
+            keyring=keyring,
+            insecure=cfg.insecure,
+            generation=self.generation,
+            on_events=self._on_gossip_events,
+            setup=self._setup_gossip,
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.inference.run)
+            await nursery.start(self.gossip.run)
+            for mc in cfg.model_configs():
+                self.inference.load(mc)
+            self.http_addr = await nursery.start(serve_http, self)
+            nursery.start_soon(self._publish_loop)
+            bound = {
+                "name": self.name,
+                "gossip": _fmt(self.gossip.addr or ("?", 0)),
+                "http": _fmt(self.http_addr),
+            }
+            task_status.started(bound)
+
+    def _setup_gossip(self, node: GossipNode) -> None:
+        node.register_crdt("catalog", ORMap(LWWRegister))
+        node.register_crdt("replicas", LWWMap())
+
+    async def shutdown(self) -> None:
+        """Announce leave, stop taking requests, drain, then stop everything."""
+        self.draining = True
+        if self.gossip is not None and self.gossip.node is not None:
+            self.node.leave(trio.current_time())
+            self.gossip.kick()
+        with trio.move_on_after(self.config.drain_timeout):
+            while self.in_flight:
+                await trio.sleep(0.02)
+        await trio.sleep(0.05)  # let the leave datagrams go out
+        self.stopped.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- the gossiped record ------------------------------------------------
+
+    def record_values(self) -> dict[str, Any]:
+        models: dict[str, Any] = {}
+        load = {
+            "queue": 0,
+            "in_flight": 0,
+            "ewma_latency": 0.0,
+            "throughput": 0.0,
+            "memory": {"used": 0, "free": 0},
+        }
+        for name, status in sorted(self.inference.models().items()):
+            models[name] = status.to_json()
+            stats = self.inference.stats(name)
+            if stats is not None:
+                load["queue"] += stats.queue
+                load["in_flight"] += stats.in_flight
+                load["ewma_latency"] = max(load["ewma_latency"], round(stats.ewma_latency_s, 3))
+                load["throughput"] += round(stats.throughput, 1)
+                load["memory"] = {"used": stats.memory_used, "free": stats.memory_free}
+        load["in_flight"] += self.in_flight
+        return {
+            "http": _fmt(self.http_addr) if self.http_addr else "",
+            "models": models,
+            "load": load,
+            "device": self.device,
+        }
+
+    def publish(self) -> None:
+        """Write changed record keys (the caller rate-limits to once per interval)."""
+        if self.gossip is None or self.gossip.node is None:
+            return
+        now = trio.current_time()
+        changed = False
+        for key, value in self.record_values().items():
+            if self._published.get(key) != value:
+                self.node.set_key(key, value, now)
+                self._published[key] = value
+                changed = True
+        if changed:
+            self.gossip.kick()
+
+    async def _publish_loop(self) -> None:
+        while True:
+            self.publish()
+            await trio.sleep(self.config.interval)
+
+    # -- events --------------------------------------------------------------
+
+    def _on_gossip_events(self, events: list[GossipEvent]) -> None:
+        assert self.gossip is not None
+        mapping = {
+            "member-join": "member-join",
+            "member-update": "member-update",
+            "member-suspect": "member-suspect",
+            "member-alive": "member-update",
+            "member-dead": "member-dead",
+            "member-leave": "member-leave",
+            "crdt-update": "catalog-update",
+        }
+        for ev in events:
+            kind = mapping.get(ev.type.value)
+            if kind is None:
+                continue
+            item: dict[str, Any] = {
+                "type": kind,
+                "member": ev.member,
+                "time": self.gossip.unix_time(ev.time),
+            }
+            if ev.keys:
+                item["keys"] = list(ev.keys)
+                if "models" in ev.keys:
+                    self._emit({**item, "type": "model-state"})
+            self._emit(item)
+
+    def _emit(self, item: dict[str, Any]) -> None:
+        self.events.append(item)
+        del self.events[:-1000]
+        for ch in list(self._event_waiters):
+            try:
+                ch.send_nowait(item)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._event_waiters.remove(ch)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
+        send, recv = trio.open_memory_channel[dict[str, Any]](1000)
+        self._event_waiters.append(send)
+        return recv
+
+    # -- the cluster view ------------------------------------------------------
+
+    def cluster_view(self) -> dict[str, Any]:
+        node = self.node
+        now = trio.current_time()
+        members = []
+        for name in sorted(node.members):
+            m = node.members[name]
+            rec = node.record(name)
+            values = rec.items() if rec is not None else {}
+            members.append(
+                {
+                    "name": name,
+                    "status": m.status.name.lower(),
+                    "generation": m.generation,
+                    "incarnation": m.incarnation,
+                    "gossip": _fmt(m.addr),
+                    "http": values.get("http", ""),
+                    "models": values.get("models", {}),
+                    "load": values.get("load", {}),
+                    "device": values.get("device", {}),
+                    "tags": values.get("tags", {}),
+                    "age_s": round(max(0.0, now - rec.updated_at), 3) if rec else None,
+                    "evidence": node.evidence(name, now),
+                }
+            )
+        return {"self": self.name, "generation": self.generation, "members": members}
+
+    def ready_replicas(self, model: str) -> list[str]:
+        """Members (alive, not suspect or dead) where `model` is ready."""
+        out = []
+        for name, m in sorted(self.node.members.items()):
+            if m.status != Status.ALIVE:
+                continue
+            rec = self.node.record(name)
+            if rec is None:
+                continue
+            models = rec.get("models") or {}
+            if isinstance(models, dict) and (models.get(model) or {}).get("state") == "ready":
+                out.append(name)
+        return out
+
+    def known_model(self, model: str) -> bool:
+        for name in self.node.members:
+            rec = self.node.record(name)
+            if rec is not None and model in (rec.get("models") or {}):
+                return True
+        catalog = self.node.crdt("catalog")
+        return model in catalog.value
+
+    def local_ready(self, model: str) -> bool:
+        status = self.inference.status(model)
+        return status is not None and status.state == ModelState.READY
+
+    def choose(self, model: str, exclude: set[str]) -> str | None:
+        """The local node if it is ready, else the less loaded of two random replicas."""
+        if self.name not in exclude and self.local_ready(model):
+            return self.name
+        candidates = [n for n in self.ready_replicas(model) if n not in exclude and n != self.name]
+        if not candidates:
+            return None
+        picks = self._rng.sample(candidates, min(2, len(candidates)))
+
+        def load(name: str) -> float:
+            rec = self.node.record(name)
+            ld = (rec.get("load") if rec else None) or {}
+            return float(ld.get("queue", 0)) + float(ld.get("in_flight", 0))
+
+        return min(picks, key=lambda n: (load(n), self._rng.random()))
+
+    def http_of(self, name: str) -> str | None:
+        rec = self.node.record(name)
+        value = rec.get("http") if rec is not None else None
+        return value if isinstance(value, str) and value else None
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _device_info() -> dict[str, Any]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            _free, total = torch.cuda.mem_get_info()
+            return {"type": "cuda", "name": torch.cuda.get_device_name(0), "memory_total": total}
+    except Exception:  # device probing must never take the node down
+        pass
+    return {"type": "cpu", "name": "cpu"}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write, fsync, rename: a crash leaves the old file or the new one."""
+    import os
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def print_bound(bound: dict[str, str]) -> None:
+    print(json.dumps(bound), flush=True)

@@ -1,0 +1,352 @@
+"""HTTP: the Open Inference Protocol (KServe v2 REST), the cluster view and
+metrics, served by hypercorn on trio with a Starlette app.
+
+Client mistakes get a 4xx with a JSON `{"error": ...}` body and affect nothing
+else; a model with no ready replica is a 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import torch
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gossip.transport import parse_hostport
+from inference.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelNotReady,
+    Overloaded,
+    RequestTimeout,
+)
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+DTYPES = {
+    "FP32": torch.float32,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP64": torch.float64,
+    "INT64": torch.int64,
+    "INT32": torch.int32,
+    "INT16": torch.int16,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
+FORWARDED = "x-rumor-forwarded"
+TRACE = "x-rumor-trace-id"
+SERVED_BY = "x-rumor-served-by"
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(
+    status: int, message: str, trace: str, headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(
+        {"error": message}, status_code=status, headers={TRACE: trace, **(headers or {})}
+    )
+
+
+class _Collector:
+    """Reads gossip and inference state at scrape time (non-intrusive)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Any:
+        d = self.daemon
+        waiting = GaugeMetricFamily("rumor_requests_waiting", "requests queued", labels=["model"])
+        running = GaugeMetricFamily(
+            "rumor_requests_running", "requests in a running batch", labels=["model"]
+        )
+        for name in sorted(d.inference.models()):
+            stats = d.inference.stats(name)
+            if stats is not None:
+                waiting.add_metric([name], stats.queue)
+                running.add_metric([name], stats.in_flight)
+        yield waiting
+        yield running
+        if d.gossip is None or d.gossip.node is None:
+            return
+        c = d.node.counters
+        for metric, key, doc in (
+            ("rumor_gossip_bytes_sent_total", "bytes_out", "gossip bytes sent"),
+            ("rumor_gossip_bytes_received_total", "bytes_in", "gossip bytes received"),
+            ("rumor_gossip_dropped_total", "dropped", "gossip packets dropped"),
+        ):
+            fam = CounterMetricFamily(metric, doc)
+            fam.add_metric([], c.get(key, 0))
+            yield fam
+        members = GaugeMetricFamily("rumor_members", "members by status", labels=["status"])
+        counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+        for m in d.node.members.values():
+            counts[m.status.name.lower()] += 1
+        for status, n in counts.items():
+            members.add_metric([status], n)
+        yield members
+
+
+def build_app(daemon: Daemon) -> Starlette:
+    cfg = daemon.config
+    registry = CollectorRegistry()
+    registry.register(_Collector(daemon))  # type: ignore[arg-type]
+    duration = Histogram(
+        "rumor_request_duration_seconds",
+        "inference request latency",
+        ["model", "served"],
+        registry=registry,
+    )
+    client = httpx.AsyncClient(timeout=cfg.request_timeout)
+
+    async def read_body(request: Request) -> bytes:
+        size = int(request.headers.get("content-length") or 0)
+        if size > cfg.max_body_bytes:
+            raise HTTPError(413, f"body of {size} bytes exceeds {cfg.max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                raise HTTPError(413, f"body exceeds {cfg.max_body_bytes} bytes")
+        return bytes(body)
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        ok = not daemon.draining
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def server_meta(request: Request) -> Response:
+        return JSONResponse({"name": "rumor", "version": "0.1.0", "extensions": ["rumor-cluster"]})
+
+    async def model_meta(request: Request) -> Response:
+        m = request.path_params["model"]
+        trace = request.headers.get(TRACE) or _trace()
+        status = daemon.inference.status(m)
+        if status is not None and status.description is not None:
+            body = status.description.to_json()
+            body["versions"] = ["1"]
+            body["state"] = str(status.state)
+            return JSONResponse(body, headers={TRACE: trace})
+        if not daemon.known_model(m):
+            return _error(404, f"model {m!r} is not known to this cluster", trace)
+        replicas = daemon.ready_replicas(m)
+        return JSONResponse(
+            {"name": m, "versions": ["1"], "platform": "rumor", "ready_replicas": replicas},
+            headers={TRACE: trace},
+        )
+
+    async def model_ready(request: Request) -> Response:
+        m = request.path_params["model"]
+        if not daemon.known_model(m) and daemon.inference.status(m) is None:
+            return _error(404, f"model {m!r} is not known to this cluster", _trace())
+        ok = daemon.local_ready(m) or bool(daemon.ready_replicas(m))
+        return JSONResponse({"name": m, "ready": ok}, status_code=200 if ok else 503)
+
+    async def infer(request: Request) -> Response:
+        m = request.path_params["model"]
+        trace = request.headers.get(TRACE) or _trace()
+        forwarded = request.headers.get(FORWARDED) == "1"
+        t0 = time.perf_counter()
+        if daemon.draining:
+            return _error(503, "node is shutting down", trace, {"Retry-After": "1"})
+        try:
+            body = await read_body(request)
+            payload = _parse_infer(body)
+        except HTTPError as e:
+            return _error(e.status, e.message, trace)
+        daemon.in_flight += 1
+        try:
+            return await _route(m, body, payload, trace, forwarded, t0)
+        finally:
+            daemon.in_flight -= 1
+
+    async def _route(
+        m: str, body: bytes, payload: dict[str, Any], trace: str, forwarded: bool, t0: float
+    ) -> Response:
+        tried: set[str] = set()
+        if forwarded:  # one hop only: serve here or fail
+            if not daemon.local_ready(m):
+                return _error(
+                    503, f"model {m!r} is not ready on {daemon.name}", trace, {"Retry-After": "1"}
+                )
+            return await _serve_local(m, payload, trace, t0)
+        last_error = None
+        for _ in range(1 + cfg.forward_retries):
+            target = daemon.choose(m, tried)
+            if target is None:
+                break
+            tried.add(target)
+            if target == daemon.name:
+                resp = await _serve_local(m, payload, trace, t0)
+                if resp.status_code != 503:
+                    return resp
+                last_error = resp
+                continue
+            http = daemon.http_of(target)
+            if http is None:
+                continue
+            try:
+                r = await client.post(
+                    f"http://{http}/v2/models/{m}/infer",
+                    content=body,
+                    headers={FORWARDED: "1", TRACE: trace, "content-type": "application/json"},
+                )
+            except httpx.HTTPError as e:
+                last_error = _error(502, f"forward to {target} failed: {e}", trace)
+                continue
+            if r.status_code in (502, 503, 504):
+                last_error = Response(r.content, status_code=r.status_code, headers=dict(r.headers))
+                continue
+            duration.labels(m, "forwarded").observe(time.perf_counter() - t0)
+            headers = {
+                k: v for k, v in r.headers.items() if k in (SERVED_BY, TRACE, "content-type")
+            }
+            return Response(r.content, status_code=r.status_code, headers=headers)
+        if last_error is not None:
+            return last_error
+        if not daemon.known_model(m):
+            return _error(404, f"model {m!r} is not known to this cluster", trace)
+        return _error(503, f"model {m!r} has no ready replica", trace, {"Retry-After": "1"})
+
+    async def _serve_local(m: str, payload: dict[str, Any], trace: str, t0: float) -> Response:
+        try:
+            inputs = _to_tensors(payload)
+            out = await daemon.inference.infer(
+                m, inputs, timeout_s=cfg.request_timeout, as_list=False
+            )
+        except HTTPError as e:
+            return _error(e.status, e.message, trace)
+        except InvalidInput as e:
+            return _error(400, str(e), trace)
+        except (Overloaded, ModelNotReady) as e:
+            return _error(503, str(e), trace, {"Retry-After": "1"})
+        except RequestTimeout as e:
+            return _error(504, str(e), trace)
+        except InferenceFailed as e:
+            return _error(500, str(e), trace)
+        duration.labels(m, "local").observe(time.perf_counter() - t0)
+        outputs = []
+        for name, t in out.items():
+            dtype = next((k for k, v in DTYPES.items() if v == t.dtype), "FP32")
+            flat = (
+                t.float().reshape(-1).tolist() if t.is_floating_point() else t.reshape(-1).tolist()
+            )
+            outputs.append({"name": name, "shape": list(t.shape), "datatype": dtype, "data": flat})
+        body = {
+            "model_name": m,
+            "model_version": "1",
+            "id": payload.get("id", trace),
+            "parameters": {"served_by": daemon.name, "trace_id": trace},
+            "outputs": outputs,
+        }
+        return JSONResponse(body, headers={SERVED_BY: daemon.name, TRACE: trace})
+
+    async def cluster(request: Request) -> Response:
+        return JSONResponse(daemon.cluster_view())
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_meta),
+        Route("/v2/models/{model}", model_meta),
+        Route("/v2/models/{model}/ready", model_ready),
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/v1/cluster", cluster),
+        Route("/metrics", metrics),
+    ]
+    return Starlette(routes=routes)
+
+
+def _trace() -> str:
+    from .daemon import new_trace_id
+
+    return new_trace_id()
+
+
+def _parse_infer(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HTTPError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, "request body must be a JSON object")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise HTTPError(400, "'inputs' must be a non-empty list of tensors")
+    for i, t in enumerate(inputs):
+        if not isinstance(t, dict):
+            raise HTTPError(400, f"inputs[{i}] must be an object")
+        for key in ("name", "shape", "datatype", "data"):
+            if key not in t:
+                raise HTTPError(400, f"inputs[{i}] lacks '{key}'")
+        if not isinstance(t["name"], str):
+            raise HTTPError(400, f"inputs[{i}].name must be a string")
+        if t["datatype"] not in DTYPES:
+            raise HTTPError(
+                400, f"inputs[{i}].datatype {t['datatype']!r} is not one of {', '.join(DTYPES)}"
+            )
+        shape = t["shape"]
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise HTTPError(400, f"inputs[{i}].shape must be a list of non-negative integers")
+    return payload
+
+
+def _to_tensors(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, t in enumerate(payload["inputs"]):
+        try:
+            tensor = torch.tensor(t["data"], dtype=DTYPES[t["datatype"]])
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+            raise HTTPError(400, f"inputs[{i}].data does not match {t['datatype']}: {e}") from None
+        n = math.prod(t["shape"])
+        if tensor.numel() != n:
+            raise HTTPError(
+                400, f"inputs[{i}] has {tensor.numel()} values, shape {t['shape']} needs {n}"
+            )
+        out[t["name"]] = tensor.reshape(t["shape"])
+    return out
+
+
+async def serve_http(
+    daemon: Daemon, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    host, port = parse_hostport(daemon.config.http)
+    config = HyperConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = daemon.config.drain_timeout
+
+    async def started(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(build_app(daemon), config, task_status=task_status)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(started)
+        bound = binds[0].removeprefix("http://")
+        task_status.started(parse_hostport(bound))

@@ -1,0 +1,181 @@
+"""Real `rumor node` processes on loopback, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from node.commands import spawn_node
+
+MLP = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.5] * 256}]}
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if cond():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def view(http: str) -> dict:
+    return httpx.get(f"http://{http}/v1/cluster", timeout=5).json()
+
+
+def status_of(http: str, member: str) -> str | None:
+    for m in view(http)["members"]:
+        if m["name"] == member:
+            return m["status"]
+    return None
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.bound: dict[str, dict[str, str]] = {}
+
+    def start(self, name: str, models: list[str], join: list[str]) -> dict[str, str]:
+        proc, bound = spawn_node(name, join, models,
+                                 ["--data-dir", str(self.tmp / name)])
+        self.procs[name], self.bound[name] = proc, bound
+        return bound
+
+    def http(self, name: str) -> str:
+        return self.bound[name]["http"]
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        first = c.start("n0", ["mlp=builtin:mlp"], [])
+        c.start("n1", ["transformer=builtin:transformer"], [first["gossip"]])
+        c.start("n2", [], [first["gossip"]])
+        for n in ("n0", "n1", "n2"):
+            wait_for(
+                lambda n=n: all(
+                    m["status"] == "alive" for m in view(c.http(n))["members"]
+                ) and len(view(c.http(n))["members"]) == 3,
+                15, f"{n} to see 3 alive members",
+            )
+        wait_for(lambda: httpx.get(f"http://{c.http('n2')}/v2/models/mlp/ready").status_code
+                 == 200, 15, "mlp ready as seen from n2")
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_three_nodes_converge(cluster: Cluster) -> None:
+    views = [view(cluster.http(n)) for n in ("n0", "n1", "n2")]
+    for v in views:
+        assert {m["name"] for m in v["members"]} == {"n0", "n1", "n2"}
+        models = {m["name"]: m["models"] for m in v["members"]}
+        assert models["n0"]["mlp"]["state"] == "ready"
+        assert models["n1"]["transformer"]["state"] == "ready"
+        assert all(m["age_s"] is not None and "evidence" in m for m in v["members"])
+
+
+def test_request_to_a_node_without_the_model_is_forwarded(cluster: Cluster) -> None:
+    r = httpx.post(f"http://{cluster.http('n2')}/v2/models/mlp/infer", json=MLP,
+                   headers={"x-rumor-trace-id": "trace-123"}, timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["parameters"]["served_by"] == "n0"
+    assert r.headers["x-rumor-served-by"] == "n0"
+    assert r.headers["x-rumor-trace-id"] == "trace-123"  # propagated across the hop
+    assert body["outputs"][0]["shape"] == [1, 16]
+
+
+@pytest.mark.parametrize(
+    "body,status,words",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32",
+                                 "data": [1, 2, 3]}]}).encode(), 400, "shape"),
+        (json.dumps({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32",
+                                 "data": [1]}]}).encode(), 400, "needs 256"),
+        (json.dumps({"inputs": "x"}).encode(), 400, "inputs"),
+        (b"[" + b"0," * 9_000_000 + b"0]", 413, "exceeds"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(cluster: Cluster, body: bytes, status: int,
+                                      words: str) -> None:
+    r = httpx.post(f"http://{cluster.http('n0')}/v2/models/mlp/infer", content=body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status
+    assert words in r.json()["error"]
+
+
+def test_unknown_model_is_404(cluster: Cluster) -> None:
+    r = httpx.post(f"http://{cluster.http('n1')}/v2/models/nope/infer", json=MLP)
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+def test_real_v2_client_library(cluster: Cluster) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=cluster.http("n1"))
+    assert client.is_server_live()
+    assert client.is_model_ready("mlp")
+    inp = triton.InferInput("input", [2, 256], "FP32")
+    inp.set_data_from_numpy(np.ones((2, 256), dtype=np.float32), binary_data=False)
+    out = triton.InferRequestedOutput("output", binary_data=False)
+    result = client.infer("mlp", [inp], outputs=[out])
+    assert result.as_numpy("output").shape == (2, 16)
+
+
+def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
+    text = httpx.get(f"http://{cluster.http('n0')}/metrics").text
+    for name in ("rumor_requests_waiting", "rumor_requests_running",
+                 "rumor_gossip_bytes_sent_total", 'rumor_members{status="alive"}',
+                 "rumor_request_duration_seconds"):
+        assert name in text
+
+
+def test_kill_9_then_restart_with_a_new_generation(cluster: Cluster) -> None:
+    gen_before = next(m["generation"] for m in view(cluster.http("n1"))["members"]
+                      if m["name"] == "n0")
+    os.killpg(cluster.procs["n0"].pid, signal.SIGKILL)
+    cluster.procs["n0"].wait(10)
+    t0 = time.monotonic()
+    wait_for(lambda: status_of(cluster.http("n1"), "n0") == "dead"
+             and status_of(cluster.http("n2"), "n0") == "dead", 15, "n0 declared dead")
+    assert time.monotonic() - t0 < 10
+    # No routing to the dead node: the only mlp replica is gone.
+    r = httpx.post(f"http://{cluster.http('n2')}/v2/models/mlp/infer", json=MLP, timeout=10)
+    assert r.status_code == 503 and r.headers.get("retry-after")
+    # Restart with the same data dir: a new generation, ready again, routed to again.
+    cluster.start("n0", ["mlp=builtin:mlp"], [cluster.bound["n1"]["gossip"]])
+    wait_for(lambda: status_of(cluster.http("n2"), "n0") == "alive", 15, "n0 rejoins")
+    gen_after = next(m["generation"] for m in view(cluster.http("n2"))["members"]
+                     if m["name"] == "n0")
+    assert gen_after > gen_before
+    wait_for(lambda: httpx.post(f"http://{cluster.http('n2')}/v2/models/mlp/infer",
+                                json=MLP, timeout=10).status_code == 200, 15, "mlp served again")
+
+
+def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
+    proc, bound = spawn_node("solo", [], [])
+    assert httpx.get(f"http://{bound['http']}/v2/health/live").status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
