@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the showcase (the main job behind `make demo`)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    demo.add_argument("--replicas", type=int, default=32, help="replicas in the demo (default 32)")
+    demo.add_argument("--nodes", type=int, default=3, help="daemons to start (default 3)")
+    demo.add_argument("--requests", type=int, default=300, help="requests to send (default 300)")
     demo.set_defaults(func=_cmd_demo)
 
     export = sub.add_parser(

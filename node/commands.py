@@ -79,6 +79,18 @@ def add_node_parsers(sub: Any) -> None:
     infer.add_argument("--data", help="JSON list of values (default: zeros of the model's shape)")
     infer.set_defaults(func=cmd_infer)
 
+    events = sub.add_parser("events", help="print the node's event stream (like Serf's handlers)")
+    events.add_argument("--http", required=True, metavar="HOST:PORT")
+    events.add_argument("--count", type=int, help="stop after this many events")
+    events.set_defaults(func=cmd_events)
+
+    tags = sub.add_parser("tags", help="set this node's user tags (gossiped in its record)")
+    tags.add_argument("--http", required=True, metavar="HOST:PORT")
+    tags.add_argument("--token", help="admin bearer token (default: $RUMOR_ADMIN_TOKEN)")
+    tags.add_argument("action", choices=["set"])
+    tags.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    tags.set_defaults(func=cmd_tags)
+
 
 def cmd_node(args: argparse.Namespace) -> int:
     import logging
@@ -271,4 +283,45 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"rumor infer: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(r.json()))
+    return 0 if r.status_code == 200 else 1
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    import httpx
+
+    seen = 0
+    try:
+        with httpx.stream("GET", f"http://{args.http}/v1/events", timeout=None) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    print(line[6:], flush=True)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        return 0
+    except httpx.HTTPError as e:
+        print(f"rumor events: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    import httpx
+
+    tags = {}
+    for pair in args.pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            print(f"rumor tags: error: {pair!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        tags[key] = value
+    token = args.token or os.environ.get("RUMOR_ADMIN_TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.put(f"http://{args.http}/v1/node/tags", json=tags, headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        print(f"rumor tags: error: {e}", file=sys.stderr)
+        return 1
+    print(r.text)
     return 0 if r.status_code == 200 else 1

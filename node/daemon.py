@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from crdt import LWWMap, LWWRegister, ORMap
+from crdt import HLC, DecodeError, LWWMap, LWWRegister, ORMap, decode, encode
 from gossip.config import GossipConfig
 from gossip.core import GossipEvent, GossipNode
 from gossip.crypto import Keyring
@@ -55,6 +55,10 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
         self.device = _device_info()
+        self.admin_token = _admin_token(config)
+        self.hlc = HLC()
+        self.tags: dict[str, str] = {}
+        self._state_dirty = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -112,8 +116,93 @@ class Daemon:
             task_status.started(bound)
 
     def _setup_gossip(self, node: GossipNode) -> None:
-        node.register_crdt("catalog", ORMap(LWWRegister))
-        node.register_crdt("replicas", LWWMap())
+        catalog, replicas = ORMap(LWWRegister), LWWMap()
+        saved = self._load_state()
+        if saved is not None:
+            catalog.merge(saved[0])
+            replicas.merge(saved[1])
+        node.register_crdt("catalog", catalog)
+        node.register_crdt("replicas", replicas)
+
+    # -- operator data: the catalog and replica targets (CRDTs), persisted ----
+
+    def _state_path(self) -> Path | None:
+        return (
+            Path(self.config.data_dir) / "cluster-state.msgpack" if self.config.data_dir else None
+        )
+
+    def _load_state(self) -> tuple[ORMap, LWWMap] | None:
+        path = self._state_path()
+        if path is None or not path.exists():
+            return None
+        import msgpack
+
+        try:
+            blobs = msgpack.unpackb(path.read_bytes(), raw=False)
+            catalog, replicas = decode(blobs[0]), decode(blobs[1])
+        except (OSError, ValueError, DecodeError, IndexError, TypeError) as e:
+            log.error("ignoring unreadable %s: %s", path, e)
+            return None
+        if not isinstance(catalog, ORMap) or not isinstance(replicas, LWWMap):
+            return None
+        return catalog, replicas
+
+    def save_state(self) -> None:
+        """Atomically persist the catalog and replica targets (write, fsync, rename)."""
+        path = self._state_path()
+        self._state_dirty = False
+        if path is None or self.gossip is None or self.gossip.node is None:
+            return
+        import msgpack
+
+        blob = msgpack.packb(
+            [encode(self.node.crdt("catalog")), encode(self.node.crdt("replicas"))],
+            use_bin_type=True,
+        )
+        _atomic_write(path, blob)
+
+    def _ts(self) -> int:
+        return self.hlc.now(time.time())
+
+    def catalog(self) -> dict[str, Any]:
+        value: dict[str, Any] = self.node.crdt("catalog").value
+        return value
+
+    def replica_targets(self) -> dict[str, Any]:
+        value: dict[str, Any] = self.node.crdt("replicas").value
+        return value
+
+    def _local_crdt_change(self, name: str, delta: Any) -> None:
+        assert self.gossip is not None
+        self.node.update_crdt(name, delta, trio.current_time())
+        self.gossip.kick()
+        self.save_state()
+
+    def catalog_put(self, model: str, spec: dict[str, Any]) -> None:
+        ts = self._ts()
+        catalog: ORMap = self.node.crdt("catalog")  # type: ignore[assignment]
+        delta = catalog.update(self.name, model, lambda reg: reg.set(self.name, spec, ts))
+        self._local_crdt_change("catalog", delta)
+
+    def catalog_delete(self, model: str) -> None:
+        catalog: ORMap = self.node.crdt("catalog")  # type: ignore[assignment]
+        self._local_crdt_change("catalog", catalog.remove(self.name, model))
+
+    def set_replica_target(self, model: str, replicas: int) -> None:
+        targets: LWWMap = self.node.crdt("replicas")  # type: ignore[assignment]
+        self._local_crdt_change("replicas", targets.set(self.name, model, replicas, self._ts()))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """User tags, gossiped in this node's record (bounded by the state-size limit)."""
+        assert self.gossip is not None
+        from gossip.errors import StateTooLarge
+
+        try:
+            self.node.set_key("tags", dict(sorted(tags.items())), trio.current_time())
+        except StateTooLarge as e:
+            raise ValueError(str(e)) from None
+        self.tags = dict(tags)
+        self.gossip.kick()
 
     async def shutdown(self) -> None:
         """Announce leave, stop taking requests, drain, then stop everything."""
@@ -174,6 +263,8 @@ class Daemon:
     async def _publish_loop(self) -> None:
         while True:
             self.publish()
+            if self._state_dirty:
+                self.save_state()
             await trio.sleep(self.config.interval)
 
     # -- events --------------------------------------------------------------
@@ -198,6 +289,8 @@ class Daemon:
                 "member": ev.member,
                 "time": self.gossip.unix_time(ev.time),
             }
+            if kind == "catalog-update":
+                self._state_dirty = True  # remote operator data: persist it too
             if ev.keys:
                 item["keys"] = list(ev.keys)
                 if "models" in ev.keys:
@@ -292,6 +385,20 @@ class Daemon:
         rec = self.node.record(name)
         value = rec.get("http") if rec is not None else None
         return value if isinstance(value, str) and value else None
+
+
+def _admin_token(config: NodeConfig) -> str | None:
+    import os
+
+    if config.admin_token_file:
+        try:
+            token = Path(config.admin_token_file).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"admin_token_file: {e.strerror or e}") from None
+        if not token:
+            raise ValueError("admin_token_file: the file is empty")
+        return token
+    return os.environ.get("RUMOR_ADMIN_TOKEN") or None
 
 
 def new_trace_id() -> str:

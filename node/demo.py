@@ -1,115 +1,230 @@
-"""`rumor demo`: the showcase behind `make demo`.
+"""`rumor demo`, the main job behind `make demo`.
 
-It shows the replicated state every node keeps: a fleet of replicas, each
-owning its model list (ORSet), its load (PNCounter of in-flight requests) and a
-shared catalog (LWWMap). Replicas mutate concurrently, exchange only deltas
-with random peers, lose some of them, and still converge, with the bytes that
-crossed the wire counted through the real codec.
+It starts a local cluster of real `rumor node` processes with the built-in
+models, measures how fast a change spreads, drives inference traffic into
+every node (each request is routed to a ready replica), kills a node with
+SIGKILL while traffic flows, restarts it, and shuts everything down cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
+import statistics
+import subprocess
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
+import httpx
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from crdt import HLC, LWWMap, ORSet, PNCounter, decode, encode
+from .commands import spawn_node
 
-MODELS = ["mlp", "transformer", "resnet", "bert", "llama-7b", "whisper"]
+PAYLOADS = {
+    "mlp": {
+        "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.25] * 256}]
+    },
+    "transformer": {
+        "inputs": [
+            {"name": "input", "shape": [1, 32], "datatype": "INT64", "data": list(range(32))}
+        ]
+    },
+}
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> float | None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if cond():
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.01)
+    return None
 
 
 def run_demo(args: argparse.Namespace) -> int:
     console = Console()
     rng = random.Random(args.seed)
-    n = max(2, args.replicas)
-    names = [f"node{i}" for i in range(n)]
-    models = {r: ORSet() for r in names}
-    load = {r: PNCounter() for r in names}
-    catalog = {r: LWWMap() for r in names}
-    clocks = {r: HLC() for r in names}
-    pending: dict[str, list[bytes]] = {r: [] for r in names}
-    wire_bytes = 0
-    dropped = 0
-    sim_now = 1_700_000_000.0
+    n = max(3, args.nodes)
+    plan = {f"node{i}": [] for i in range(n)}
+    plan["node0"].append("mlp=builtin:mlp")
+    plan["node1"].append("transformer=builtin:transformer")
+    plan["node2"].append("mlp=builtin:mlp")
+    procs: dict[str, subprocess.Popen[str]] = {}
+    bound: dict[str, dict[str, str]] = {}
+    client = httpx.Client(timeout=10)
+    figures: list[tuple[str, str]] = []
+    data_dir = tempfile.mkdtemp(prefix="rumor-demo-")
 
-    console.rule("[bold]rumor demo: delta-state CRDTs spread by random gossip")
-    steps = 400
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("replicas mutate and gossip deltas", total=steps)
-        for _step in range(steps):
-            sim_now += 0.01
-            r = rng.choice(names)
-            op = rng.random()
-            if op < 0.4:
-                delta = models[r].add(r, rng.choice(MODELS))
-            elif op < 0.55:
-                delta = models[r].remove(r, rng.choice(MODELS))
-            elif op < 0.8:
-                delta = load[r].increment(r, rng.randint(1, 4))
-            elif op < 0.9:
-                delta = load[r].decrement(r, 1)
-            else:
-                ts = clocks[r].now(sim_now)
-                key = rng.choice(MODELS)
-                delta = catalog[r].set(r, key, {"replicas": rng.randint(1, 3)}, ts)
-            blob = encode(delta)
-            # Eager push of the delta to 3 random peers, 20% loss.
-            for peer in rng.sample(names, 3):
-                if peer != r and rng.random() >= 0.2:
-                    pending[peer].append(blob)
-                    wire_bytes += len(blob)
-                elif peer != r:
-                    dropped += 1
-            for peer in names:
-                for b in pending[peer]:
-                    d = decode(b)
-                    target = {ORSet: models, PNCounter: load, LWWMap: catalog}[type(d)]
-                    target[peer].merge(d)  # type: ignore[index]
-                pending[peer].clear()
-            progress.advance(task)
-
-    def divergent() -> int:
-        return sum(
-            1
-            for r in names
-            if models[r] != models[names[0]]
-            or load[r] != load[names[0]]
-            or catalog[r] != catalog[names[0]]
+    def start(name: str) -> None:
+        join = [bound[o]["gossip"] for o in bound if o != name and procs[o].poll() is None][:2]
+        procs[name], bound[name] = spawn_node(
+            name, join, plan[name], ["--data-dir", os.path.join(data_dir, name)]
         )
 
-    before = divergent()
-    # Anti-entropy: push-pull full state with one random peer per round.
-    rounds = 0
-    t0 = time.perf_counter()
-    while divergent() and rounds < 100:
-        rounds += 1
-        for r in names:
-            peer = rng.choice([p for p in names if p != r])
-            for store in (models, load, catalog):
-                blob = encode(store[peer])
-                wire_bytes += len(blob)
-                store[r].merge(decode(blob))  # type: ignore[arg-type]
-                store[peer].merge(store[r])  # type: ignore[arg-type]
-    elapsed = time.perf_counter() - t0
+    def view(name: str) -> dict[str, Any]:
+        return client.get(f"http://{bound[name]['http']}/v1/cluster").json()
 
-    table = Table(title="converged replicated state (identical on every replica)")
-    table.add_column("what")
-    table.add_column("value")
-    table.add_column("CRDT")
-    table.add_row("models", ", ".join(sorted(models[names[0]].value)), "ORSet (add-wins)")
-    table.add_row("requests in flight", str(load[names[0]].value), "PNCounter")
-    table.add_row("catalog", str(catalog[names[0]].value), "LWWMap (HLC)")
-    console.print(table)
-    console.print(
-        f"{n} replicas, {steps} concurrent updates, {dropped} deltas lost in transit; "
-        f"{before} replicas diverged after eager push; "
-        f"{rounds} push-pull round(s) converged all of them in {elapsed * 1000:.0f} ms; "
-        f"{wire_bytes:,} bytes on the wire."
-    )
-    ok = divergent() == 0
-    console.print("[green]converged[/green]" if ok else "[red]did not converge[/red]")
-    return 0 if ok else 1
+    def status(observer: str, member: str) -> str | None:
+        return next((m["status"] for m in view(observer)["members"] if m["name"] == member), None)
+
+    console.rule("[bold]rumor demo: a local cluster of real daemons")
+    try:
+        with console.status("starting daemons and loading models..."):
+            for name in plan:
+                start(name)
+            formed = _wait(
+                lambda: all(
+                    sum(m["status"] == "alive" for m in view(o)["members"]) == n for o in plan
+                ),
+                30,
+            )
+            ready = _wait(
+                lambda: all(
+                    client.get(f"http://{bound[o]['http']}/v2/models/{m}/ready").status_code == 200
+                    for o in plan
+                    for m in PAYLOADS
+                ),
+                60,
+            )
+        if formed is None or ready is None:
+            console.print("[red]the cluster did not form[/red]")
+            return 1
+        for name, b in bound.items():
+            console.print(
+                f"  {name}: http://{b['http']}  gossip {b['gossip']}  "
+                f"models: {', '.join(plan[name]) or '-'}"
+            )
+        figures.append(("cluster formed (all see all)", f"{formed:.2f} s"))
+
+        # 1. Convergence: one node's tag change, observed by every other node.
+        stamp = str(time.time())
+        client.put(f"http://{bound['node1']['http']}/v1/node/tags", json={"demo": stamp})
+        spread = _wait(
+            lambda: all(
+                next(m for m in view(o)["members"] if m["name"] == "node1")["tags"].get("demo")
+                == stamp
+                for o in plan
+                if o != "node1"
+            ),
+            10,
+        )
+        figures.append(
+            (
+                "tag change seen by every node",
+                "never" if spread is None else f"{spread * 1000:.0f} ms (polled)",
+            )
+        )
+
+        # 2. Traffic into every node; each request is routed to a ready replica.
+        latencies: list[float] = []
+        served: Counter[str] = Counter()
+        forwarded = failures = 0
+        with Progress(
+            TextColumn("routing requests"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("traffic", total=args.requests)
+            for _ in range(args.requests):
+                entry = rng.choice(list(plan))
+                model = rng.choice(list(PAYLOADS))
+                t0 = time.perf_counter()
+                r = client.post(
+                    f"http://{bound[entry]['http']}/v2/models/{model}/infer", json=PAYLOADS[model]
+                )
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code == 200:
+                    by = r.headers["x-rumor-served-by"]
+                    served[by] += 1
+                    forwarded += by != entry
+                else:
+                    failures += 1
+                progress.advance(task)
+        lat = sorted(latencies)
+        figures.append(("requests served / failed", f"{sum(served.values())} / {failures}"))
+        figures.append(("served by", ", ".join(f"{k}: {v}" for k, v in sorted(served.items()))))
+        figures.append(("forwarded to another node", f"{forwarded / max(1, len(lat)):.0%}"))
+        figures.append(
+            (
+                "latency p50 / p99",
+                f"{statistics.median(lat) * 1000:.1f} / "
+                f"{lat[int(0.99 * (len(lat) - 1))] * 1000:.1f} ms",
+            )
+        )
+
+        # 3. SIGKILL a replica while requests keep flowing; then restart it.
+        victim = "node2"
+        os.killpg(procs[victim].pid, signal.SIGKILL)
+        procs[victim].wait(10)
+        killed_at = time.monotonic()
+        during = {"ok": 0, "failed": 0}
+        observers = [o for o in plan if o != victim]
+        detected = None
+        while time.monotonic() - killed_at < 20:
+            r = client.post(
+                f"http://{bound['node1']['http']}/v2/models/mlp/infer", json=PAYLOADS["mlp"]
+            )
+            during["ok" if r.status_code == 200 else "failed"] += 1
+            if all(status(o, victim) == "dead" for o in observers):
+                detected = time.monotonic() - killed_at
+                break
+            time.sleep(0.02)
+        figures.append(
+            (
+                "SIGKILLed node declared dead by all",
+                "not within 20 s" if detected is None else f"{detected:.2f} s",
+            )
+        )
+        figures.append(
+            (
+                "mlp requests during the failure",
+                f"{during['ok']} ok, {during['failed']} failed (another replica was live)",
+            )
+        )
+        gen_before = next(m["generation"] for m in view("node0")["members"] if m["name"] == victim)
+        t0 = time.monotonic()
+        start(victim)
+        back = _wait(lambda: all(status(o, victim) == "alive" for o in observers), 20)
+        gen_after = next(m["generation"] for m in view("node0")["members"] if m["name"] == victim)
+        figures.append(
+            (
+                "restarted node alive everywhere",
+                "not within 20 s"
+                if back is None
+                else f"{time.monotonic() - t0:.2f} s (generation {gen_before} -> {gen_after})",
+            )
+        )
+
+        table = Table(title="measured on this machine")
+        table.add_column("what")
+        table.add_column("figure", justify="right")
+        for k, v in figures:
+            table.add_row(k, v)
+        console.print(table)
+        ok = detected is not None and back is not None and failures == 0
+    finally:
+        client.close()
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+    left = [name for name, p in procs.items() if p.poll() is None]
+    console.print("all daemons stopped cleanly" if not left else f"[red]left running: {left}")
+    return 0 if ok and not left else 1

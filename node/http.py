@@ -7,6 +7,7 @@ else; a model with no ready replica is a 503 with Retry-After.
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import time
@@ -21,11 +22,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gossip.transport import parse_hostport
+from gossip.transport import is_loopback, parse_hostport
+from inference.config import ModelConfig
 from inference.errors import (
+    ConfigError,
     InferenceFailed,
     InvalidInput,
     ModelNotReady,
@@ -265,6 +268,111 @@ def build_app(daemon: Daemon) -> Starlette:
     async def cluster(request: Request) -> Response:
         return JSONResponse(daemon.cluster_view())
 
+    def admin_denied(request: Request) -> Response | None:
+        """Bearer token if one is configured; else loopback clients only."""
+        token = daemon.admin_token
+        if token is not None:
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                return _error(
+                    401,
+                    "admin call needs 'Authorization: Bearer <token>'",
+                    _trace(),
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            return None
+        host = request.client.host if request.client else ""
+        if not is_loopback(host):
+            return _error(
+                403,
+                "admin calls are accepted from loopback only when no admin "
+                "token is configured (--admin-token-file or RUMOR_ADMIN_TOKEN)",
+                _trace(),
+            )
+        return None
+
+    async def json_body(request: Request) -> Any:
+        body = await read_body(request)
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise HTTPError(400, f"request body is not valid JSON: {e}") from None
+
+    async def put_tags(request: Request) -> Response:
+        if (denied := admin_denied(request)) is not None:
+            return denied
+        try:
+            tags = await json_body(request)
+        except HTTPError as e:
+            return _error(e.status, e.message, _trace())
+        if not isinstance(tags, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        ):
+            return _error(400, "tags must be a JSON object of string to string", _trace())
+        try:
+            daemon.set_tags(tags)
+        except ValueError as e:
+            return _error(413, str(e), _trace())
+        return JSONResponse({"tags": tags})
+
+    async def events(request: Request) -> Response:
+        channel = daemon.subscribe()
+
+        async def stream() -> Any:
+            yield ": rumor events\n\n"
+            async with channel:
+                async for item in channel:
+                    yield f"data: {json.dumps(item)}\n\n"
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        )
+
+    async def add_model(request: Request) -> Response:
+        if (denied := admin_denied(request)) is not None:
+            return denied
+        try:
+            spec = await json_body(request)
+            if not isinstance(spec, dict):
+                raise HTTPError(400, "a model spec is a JSON object with name and source")
+            mc = ModelConfig.from_dict(spec)
+        except HTTPError as e:
+            return _error(e.status, e.message, _trace())
+        except ConfigError as e:
+            return _error(400, f"invalid model spec: {e}", _trace())
+        daemon.catalog_put(mc.name, spec)
+        return JSONResponse(
+            {"model": mc.name, "catalog": sorted(daemon.catalog())}, status_code=201
+        )
+
+    async def delete_model(request: Request) -> Response:
+        if (denied := admin_denied(request)) is not None:
+            return denied
+        m = request.path_params["model"]
+        if m not in daemon.catalog():
+            return _error(404, f"model {m!r} is not in the catalog", _trace())
+        daemon.catalog_delete(m)
+        return JSONResponse({"model": m, "deleted": True})
+
+    async def set_replicas(request: Request) -> Response:
+        if (denied := admin_denied(request)) is not None:
+            return denied
+        m = request.path_params["model"]
+        try:
+            body = await json_body(request)
+        except HTTPError as e:
+            return _error(e.status, e.message, _trace())
+        n = body.get("replicas") if isinstance(body, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return _error(400, 'body must be {"replicas": N} with N >= 0', _trace())
+        if m not in daemon.catalog():
+            return _error(404, f"model {m!r} is not in the catalog", _trace())
+        daemon.set_replica_target(m, n)
+        return JSONResponse({"model": m, "replicas": n})
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"catalog": daemon.catalog(), "replicas": daemon.replica_targets()})
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
@@ -276,6 +384,12 @@ def build_app(daemon: Daemon) -> Starlette:
         Route("/v2/models/{model}/ready", model_ready),
         Route("/v2/models/{model}/infer", infer, methods=["POST"]),
         Route("/v1/cluster", cluster),
+        Route("/v1/events", events),
+        Route("/v1/node/tags", put_tags, methods=["PUT"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models", add_model, methods=["POST"]),
+        Route("/v1/models/{model}", delete_model, methods=["DELETE"]),
+        Route("/v1/models/{model}/replicas", set_replicas, methods=["PUT"]),
         Route("/metrics", metrics),
     ]
     return Starlette(routes=routes)

@@ -7,11 +7,6 @@ import pytest
 from node.cli import main
 
 
-def test_demo_converges_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--replicas", "12", "--seed", "3"]) == 0
-    assert "converged" in capsys.readouterr().out
-
-
 def test_unknown_command_exits_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
