@@ -104,19 +104,24 @@ class GossipRuntime:
         self._clock_offset = time.time() - trio.current_time()
         host, port = self.bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # A stdlib socket in non-blocking mode: sends are synchronous and never
-        # wait (a full buffer is loss, as on a wire); trio wraps it for receiving.
-        raw = socket.socket(family, socket.SOCK_DGRAM)
-        raw.setblocking(False)
-        try:
-            raw.bind((host, port))
-        except OSError:
-            raw.close()
-            raise
-        bound_port = raw.getsockname()[1]
+        # UDP and TCP share one port number. With port 0 the OS picks a free UDP
+        # port, which a TCP socket may already hold: then pick again.
+        for attempt in range(20):
+            # A stdlib socket in non-blocking mode: sends are synchronous and never
+            # wait (a full buffer is loss, as on a wire); trio wraps it for receiving.
+            raw = socket.socket(family, socket.SOCK_DGRAM)
+            raw.setblocking(False)
+            try:
+                raw.bind((host, port))
+                bound_port = raw.getsockname()[1]
+                listeners = await trio.open_tcp_listeners(bound_port, host=host)
+                break
+            except OSError:
+                raw.close()
+                if port != 0 or attempt == 19:
+                    raise
         udp = trio.socket.from_stdlib_socket(raw)
         self._raw = raw
-        listeners = await trio.open_tcp_listeners(bound_port, host=host)
         self._udp = udp
         self.addr = (host, bound_port)
         self.node = GossipNode(

@@ -180,10 +180,13 @@ def spawn_node(
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    import tempfile
+
+    errlog = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errlog,
         text=True,
         env=env,
         start_new_session=True,
@@ -192,7 +195,9 @@ def spawn_node(
     line = proc.stdout.readline()
     if not line:
         proc.wait(5)
-        raise RuntimeError(f"{name} exited with {proc.returncode} before binding")
+        errlog.seek(0)
+        tail = errlog.read()[-2000:]
+        raise RuntimeError(f"{name} exited with {proc.returncode} before binding: {tail}")
     return proc, json.loads(line)
 
 
@@ -253,7 +258,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             str(load.get("in_flight", "")),
             f"{m['age_s']}s" if m["age_s"] is not None else "",
         )
-    Console().print(table)
+    # Piped output is not wrapped to 80 columns: whole names stay greppable.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0
 
 

@@ -59,6 +59,9 @@ class Daemon:
         self.hlc = HLC()
         self.tags: dict[str, str] = {}
         self._state_dirty = False
+        #: One cancel scope per request being served; cancelled when the drain
+        #: timeout runs out, so each such request fails with a clear 503.
+        self.request_scopes: set[trio.CancelScope] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -213,7 +216,12 @@ class Daemon:
         with trio.move_on_after(self.config.drain_timeout):
             while self.in_flight:
                 await trio.sleep(0.02)
-        await trio.sleep(0.05)  # let the leave datagrams go out
+        for scope in list(self.request_scopes):
+            scope.cancel()
+        with trio.move_on_after(1.0):
+            while self.in_flight:
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)  # let the leave datagrams and last answers go out
         self.stopped.set()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()

@@ -154,6 +154,20 @@ def build_app(daemon: Daemon) -> Starlette:
         if not daemon.known_model(m):
             return _error(404, f"model {m!r} is not known to this cluster", trace)
         replicas = daemon.ready_replicas(m)
+        target = daemon.choose(m, {daemon.name})
+        http = daemon.http_of(target) if target else None
+        if http is not None and request.headers.get(FORWARDED) != "1":
+            # The metadata lives with a replica: ask it (one hop).
+            try:
+                r = await client.get(
+                    f"http://{http}/v2/models/{m}", headers={FORWARDED: "1", TRACE: trace}
+                )
+                if r.status_code == 200:
+                    body = r.json()
+                    body["ready_replicas"] = replicas
+                    return JSONResponse(body, headers={TRACE: trace})
+            except (httpx.HTTPError, ValueError):
+                pass
         return JSONResponse(
             {"name": m, "versions": ["1"], "platform": "rumor", "ready_replicas": replicas},
             headers={TRACE: trace},
@@ -179,9 +193,19 @@ def build_app(daemon: Daemon) -> Starlette:
         except HTTPError as e:
             return _error(e.status, e.message, trace)
         daemon.in_flight += 1
+        scope = trio.CancelScope()
+        daemon.request_scopes.add(scope)
         try:
-            return await _route(m, body, payload, trace, forwarded, t0)
+            with scope:
+                return await _route(m, body, payload, trace, forwarded, t0)
+            return _error(
+                503,
+                "node shut down before the request finished (drain timeout)",
+                trace,
+                {"Retry-After": "1"},
+            )
         finally:
+            daemon.request_scopes.discard(scope)
             daemon.in_flight -= 1
 
     async def _route(

@@ -319,3 +319,42 @@ def test_rumor_demo_exits_zero() -> None:
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "all daemons stopped cleanly" in r.stdout
+
+
+def test_status_and_infer_commands(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    from node.cli import main
+
+    assert main(["status", "--http", cluster.http("n2"), "--json"]) == 0
+    view_json = json.loads(capsys.readouterr().out)
+    assert view_json["self"] == "n2" and len(view_json["members"]) == 3
+    assert main(["status", "--http", cluster.http("n2")]) == 0
+    table = capsys.readouterr().out
+    assert "transformer" in table and "ready" in table and "alive" in table
+    assert main(["infer", "--http", cluster.http("n2"), "transformer"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["parameters"]["served_by"] == "n1"
+
+
+def test_rumor_up_starts_and_stops_a_cluster() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [os.sys.executable, "-m", "node.cli", "up", "--nodes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        nodes = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        wait_for(lambda: len(view(nodes[1]["http"])["members"]) == 2, 15, "2 members")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        for n in nodes:  # every daemon is gone
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://{n['http']}/v2/health/live", timeout=1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
