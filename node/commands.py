@@ -93,8 +93,6 @@ def add_node_parsers(sub: Any) -> None:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    import logging
-
     import trio
 
     from .config import load_node_config
@@ -120,13 +118,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"rumor node: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"t":"%(asctime)s","level":"%(levelname)s","msg":"%(message)s"}'
-        if config.log_json
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import setup_logging
 
+    setup_logging(config.log_json)
     daemon = Daemon(config)
 
     async def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ from inference.errors import (
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+
+log = logging.getLogger("rumor.http")
 
 DTYPES = {
     "FP32": torch.float32,
@@ -194,19 +197,33 @@ def build_app(daemon: Daemon) -> Starlette:
             return _error(e.status, e.message, trace)
         daemon.in_flight += 1
         scope = trio.CancelScope()
+        response: Response | None = None
         daemon.request_scopes.add(scope)
         try:
             with scope:
-                return await _route(m, body, payload, trace, forwarded, t0)
-            return _error(
-                503,
-                "node shut down before the request finished (drain timeout)",
-                trace,
-                {"Retry-After": "1"},
-            )
+                response = await _route(m, body, payload, trace, forwarded, t0)
+            if response is None:
+                response = _error(
+                    503,
+                    "node shut down before the request finished (drain timeout)",
+                    trace,
+                    {"Retry-After": "1"},
+                )
+            return response
         finally:
             daemon.request_scopes.discard(scope)
             daemon.in_flight -= 1
+            log.info(
+                "infer",
+                extra={
+                    "model": m,
+                    "status": response.status_code if response is not None else 499,
+                    "served_by": response.headers.get(SERVED_BY, "") if response else "",
+                    "trace_id": trace,
+                    "forwarded": forwarded,
+                    "ms": round((time.perf_counter() - t0) * 1000, 2),
+                },
+            )
 
     async def _route(
         m: str, body: bytes, payload: dict[str, Any], trace: str, forwarded: bool, t0: float
