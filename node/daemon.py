@@ -107,6 +107,7 @@ class Daemon:
             self._nursery = nursery
             await nursery.start(self.inference.run)
             await nursery.start(self.gossip.run)
+            self._restore_tags()
             for mc in cfg.model_configs():
                 self.inference.load(mc)
             self.http_addr = await nursery.start(serve_http, self)
@@ -206,6 +207,21 @@ class Daemon:
             raise ValueError(str(e)) from None
         self.tags = dict(tags)
         self.gossip.kick()
+        if self.config.data_dir:  # operator data: survives a restart
+            _atomic_write(Path(self.config.data_dir) / "tags.json", json.dumps(self.tags).encode())
+
+    def _restore_tags(self) -> None:
+        if not self.config.data_dir:
+            return
+        path = Path(self.config.data_dir) / "tags.json"
+        try:
+            tags = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(tags, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        ):
+            self.set_tags(tags)
 
     async def shutdown(self) -> None:
         """Announce leave, stop taking requests, drain, then stop everything."""

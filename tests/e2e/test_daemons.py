@@ -286,6 +286,8 @@ def test_catalog_survives_kill_9_of_every_node(tmp_path: Path) -> None:
         assert httpx.post(f"{base}/v1/models", json={"name": "x"}, headers=auth).status_code == 400
         r = httpx.put(f"{base}/v1/models/enc/replicas", json={"replicas": 2}, headers=auth)
         assert r.status_code == 200
+        r = httpx.put(f"{base}/v1/node/tags", json={"zone": "eu-1"}, headers=auth)
+        assert r.status_code == 200
         b_base = f"http://{c.bound['b']['http']}"
         wait_for(
             lambda: httpx.get(f"{b_base}/v1/models").json()["replicas"] == {"enc": 2},
@@ -297,12 +299,20 @@ def test_catalog_survives_kill_9_of_every_node(tmp_path: Path) -> None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(5)
         # Restart both: nothing an operator wrote is lost.
-        c.start("a", [], [], extra)
-        c.start("b", [], [], extra)
+        a = c.start("a", [], [], extra)
+        c.start("b", [], [a["gossip"]], extra)
         for n in ("a", "b"):
             models = httpx.get(f"http://{c.bound[n]['http']}/v1/models").json()
             assert models["catalog"]["enc"]["source"] == "builtin:transformer"
             assert models["replicas"] == {"enc": 2}
+        wait_for(
+            lambda: (
+                next(m for m in view(c.http("b"))["members"] if m["name"] == "a").get("tags")
+                == {"zone": "eu-1"}
+            ),
+            15,
+            "a's tags restored and gossiped",
+        )
     finally:
         c.stop_all()
 
