@@ -195,7 +195,15 @@ def spawn_node(
     return proc, json.loads(line)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    # Set explicitly: a shell starting us in the background leaves SIGINT
+    # ignored, and Ctrl-C (or SIGTERM) must still stop the whole cluster.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     models = [m for m in args.models.split(",") if m]
     procs = []
     try:
@@ -212,15 +220,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     return 0
+
+
+def stop_all(procs: list[subprocess.Popen[str]], grace: float = 15.0) -> None:
+    """SIGTERM every daemon, give them `grace` seconds together, then SIGKILL."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

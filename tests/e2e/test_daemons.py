@@ -351,7 +351,7 @@ def test_rumor_up_starts_and_stops_a_cluster() -> None:
     proc = subprocess.Popen(
         [os.sys.executable, "-m", "node.cli", "up", "--nodes", "2"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
         text=True,
         env=env,
         start_new_session=True,
@@ -361,7 +361,12 @@ def test_rumor_up_starts_and_stops_a_cluster() -> None:
         nodes = [json.loads(proc.stdout.readline()) for _ in range(2)]
         wait_for(lambda: len(view(nodes[1]["http"])["members"]) == 2, 15, "2 members")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        try:
+            code = proc.wait(45)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"rumor up ignored SIGINT: {proc.stdout.read()[-2000:]}") from None
+        assert code == 0
         for n in nodes:  # every daemon is gone
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://{n['http']}/v2/health/live", timeout=1)
