@@ -143,6 +143,7 @@ class _Probe:
     relay_to: Addr | None = None
     relay_seq: int = 0
     confirmation: bool = False
+    light: bool = False  # a direct ping only; escalates to a full probe on timeout
 
 
 class GossipNode:
@@ -505,6 +506,16 @@ class GossipNode:
             self._sync_live(m.name)
             self._queue_rumor(m.name)
             self._push_now(now)
+        elif (
+            r.status == Status.DEAD
+            and m.status == Status.ALIVE
+            and m.name not in self._probing
+            and now >= self._quiet_until
+            and now - m.last_heard > self._probe_timeout()
+        ):
+            # An older verdict: someone could not reach it. Our newer news of it
+            # may be stale too (it may have died after refuting), so look.
+            self._probe(m.name, now, light=True)
         elif r.rank() == m.rank() and m.status == Status.SUSPECT:
             new = set(r.suspectors) - m.suspectors
             if new:
@@ -570,15 +581,21 @@ class GossipNode:
         self._seq += 1
         return self._seq
 
-    def _probe(self, target: str, now: float, confirmation: bool = False) -> None:
+    def _probe(
+        self, target: str, now: float, confirmation: bool = False, light: bool = False
+    ) -> None:
         m = self.members.get(target)
         if m is None or not m.live:
             return
         self._probing.add(target)
         seq = self._next_seq()
-        self._probes[seq] = _Probe(target, now + self._probe_timeout(), confirmation=confirmation)
+        self._probes[seq] = _Probe(
+            target, now + self._probe_timeout(), confirmation=confirmation, light=light
+        )
         self.counters["probes"] += 1
         self._send(m.addr, self._msg(MsgType.PING, seq=seq, target=target), now)
+        if light:
+            return
         helpers = [p for p in self._random_peers(self.config.indirect_probes + 1) if p != target]
         for h in helpers[: self.config.indirect_probes]:
             req = self._msg(MsgType.PING_REQ, seq=seq, target=target, target_addr=m.addr)
@@ -610,6 +627,9 @@ class GossipNode:
                 continue
             if now - m.last_heard < self._probe_timeout():
                 continue  # heard from it meanwhile
+            if probe.light:
+                self._probe(probe.target, now)  # no answer: now ask others too
+                continue
             self.local_health = min(self.config.max_local_health, self.local_health + 1)
             self.counters["probe_failures"] += 1
             if m.status == Status.ALIVE:
@@ -761,6 +781,26 @@ class GossipNode:
             self._collect_garbage(now)
         if self._round % c.reconnect_every == 0:
             self._knock_on_the_dead(now)
+            self._probe_a_stranger(now)
+
+    def _probe_a_stranger(self, now: float) -> None:
+        """SWIM's random probe as a backstop for the ring: views can differ, and
+        a member nobody watches in our view must still be checked now and then."""
+        if now < self._quiet_until:
+            return
+        quiet = self.reconnect_period()
+        for name in self._random_peers(3):
+            m = self.members[name]
+            if (
+                m.status == Status.ALIVE
+                and name not in self._probing
+                and (now - m.last_heard > quiet)
+            ):
+                self._probe(name, now, light=True)
+                return
+
+    def reconnect_period(self) -> float:
+        return self.config.reconnect_every * self.config.interval
 
     def _knock_on_the_dead(self, now: float) -> None:
         """A hash-only SYN to one dead or removed member; if it is alive after

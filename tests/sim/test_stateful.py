@@ -4,6 +4,7 @@ resurrected. Every failure prints the seed that reproduces it."""
 
 from __future__ import annotations
 
+import os
 import random
 
 from hypothesis import note, settings
@@ -143,5 +144,10 @@ class GossipMachine(RuleBasedStateMachine):
                 )
 
 
-GossipMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
+# CI runs 30 sequences; hunt harder with RUMOR_STATEFUL_EXAMPLES=500.
+GossipMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("RUMOR_STATEFUL_EXAMPLES", "30")),
+    stateful_step_count=20,
+    deadline=None,
+)
 TestGossipMachine = GossipMachine.TestCase
