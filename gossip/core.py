@@ -347,6 +347,13 @@ class GossipNode:
             # Validation happens before any state change, so nothing was applied.
             reason = e.reason if isinstance(e, RemoteProtocolError) else "bad_payload"
             self._drop(reason, src, str(e))
+        except Exception:
+            # A bug on our side, triggered by a peer: loud in the log and the
+            # counters, but a peer's message must never take the node down.
+            self.counters["handler_errors"] += 1
+            log.warning(
+                "error handling %s from %s:%s", msg.type.name, src[0], src[1], exc_info=True
+            )
 
     def _check_sender(self, msg: Message, nonce: bytes, src: Addr, stream: bool) -> None:
         if msg.sender == self.name and msg.generation == self.generation:
