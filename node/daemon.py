@@ -261,7 +261,12 @@ class Daemon:
                 load["in_flight"] += stats.in_flight
                 load["ewma_latency"] = max(load["ewma_latency"], round(stats.ewma_latency_s, 3))
                 load["throughput"] += round(stats.throughput, 1)
-                load["memory"] = {"used": stats.memory_used, "free": stats.memory_free}
+                # Coarse (16 MiB) so that free-memory noise does not rewrite the
+                # record, and so re-gossip it, on every tick.
+                load["memory"] = {
+                    "used": _coarse(stats.memory_used),
+                    "free": _coarse(stats.memory_free),
+                }
         load["in_flight"] += self.in_flight
         return {
             "http": _fmt(self.http_addr) if self.http_addr else "",
@@ -409,6 +414,10 @@ class Daemon:
         rec = self.node.record(name)
         value = rec.get("http") if rec is not None else None
         return value if isinstance(value, str) and value else None
+
+
+def _coarse(n: int, step: int = 16 << 20) -> int:
+    return (n // step) * step
 
 
 def _admin_token(config: NodeConfig) -> str | None:
