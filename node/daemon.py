@@ -261,7 +261,7 @@ class Daemon:
                 load["in_flight"] += stats.in_flight
                 load["ewma_latency"] = max(load["ewma_latency"], round(stats.ewma_latency_s, 3))
                 load["throughput"] += round(stats.throughput, 1)
-                # Coarse (16 MiB) so that free-memory noise does not rewrite the
+                # Coarse (256 MiB) so that free-memory noise does not rewrite the
                 # record, and so re-gossip it, on every tick.
                 load["memory"] = {
                     "used": _coarse(stats.memory_used),
@@ -416,7 +416,7 @@ class Daemon:
         return value if isinstance(value, str) and value else None
 
 
-def _coarse(n: int, step: int = 16 << 20) -> int:
+def _coarse(n: int, step: int = 256 << 20) -> int:
     return (n // step) * step
 
 
