@@ -38,8 +38,12 @@ class GossipConfig:
     eager_push: bool = True
     #: Digest entries per SYN: the digest is a rotating window, never O(N).
     digest_window: int = 24
-    #: Every this many rounds, knock on one dead or removed member (5 s).
-    reconnect_every: int = 25
+    #: Every this many rounds, knock on one dead or removed member (1 s; free
+    #: while nobody is dead), so a healed partition finds its other half fast.
+    reconnect_every: int = 5
+    #: Every this many rounds, ping one random member not heard from for as long
+    #: (5 s): SWIM's random probe, a backstop for members nobody's ring watches.
+    random_probe_every: int = 25
     #: Dead and left members are removed after this grace; their tombstones
     #: (which stop resurrection) after `tombstone_ttl`.
     dead_grace: float = 60.0
@@ -60,8 +64,8 @@ class GossipConfig:
                 raise ValueError(f"{name} must be positive")
         if self.heartbeat_every < 0 or self.anti_entropy_every < 0 or self.retransmit_mult < 0:
             raise ValueError("heartbeat_every, anti_entropy_every, retransmit_mult must be >= 0")
-        if self.reconnect_every < 1:
-            raise ValueError("reconnect_every must be >= 1")
+        if self.reconnect_every < 1 or self.random_probe_every < 1:
+            raise ValueError("reconnect_every and random_probe_every must be >= 1")
         if self.fanout < 1:
             raise ValueError("fanout must be at least 1")
         if self.suspicion_max < self.suspicion_min:

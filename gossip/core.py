@@ -737,7 +737,8 @@ class GossipNode:
             (c.heartbeat_every > 0 and r % c.heartbeat_every == 0)
             or (c.anti_entropy_every > 0 and r % c.anti_entropy_every == 0)
             or r % self._GC_EVERY == 0
-            or r % c.reconnect_every == 0
+            or r % c.random_probe_every == 0
+            or (r % c.reconnect_every == 0 and bool(self._graveyard or self._departed))
         )
 
     def _next_work_round(self) -> float:
@@ -788,6 +789,7 @@ class GossipNode:
             self._collect_garbage(now)
         if self._round % c.reconnect_every == 0:
             self._knock_on_the_dead(now)
+        if self._round % c.random_probe_every == 0:
             self._probe_a_stranger(now)
 
     def _probe_a_stranger(self, now: float) -> None:
@@ -795,7 +797,7 @@ class GossipNode:
         a member nobody watches in our view must still be checked now and then."""
         if now < self._quiet_until:
             return
-        quiet = self.reconnect_period()
+        quiet = self.random_probe_period()
         for name in self._random_peers(3):
             m = self.members[name]
             if (
@@ -806,8 +808,8 @@ class GossipNode:
                 self._probe(name, now, light=True)
                 return
 
-    def reconnect_period(self) -> float:
-        return self.config.reconnect_every * self.config.interval
+    def random_probe_period(self) -> float:
+        return self.config.random_probe_every * self.config.interval
 
     def _knock_on_the_dead(self, now: float) -> None:
         """A hash-only SYN to one dead or removed member; if it is alive after
