@@ -38,6 +38,8 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "INT32": torch.int32,
 }
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_CAPTURE_LOCK = threading.Lock()
+
 #: Inclusive value range of integer inputs that index a table (token ids), so a
 #: bad id is one request's 400 and not a failed batch.
 INT_RANGES: dict[tuple[str, str], tuple[int, int]] = {("transformer", "input"): (0, 999)}
@@ -308,7 +310,13 @@ def _capture(loaded: _Loaded, bucket: _Bucket) -> bool:
                 loaded.module(bucket.dev_in)
         stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
+        # Models load on their own worker threads. "thread_local" keeps this
+        # capture from failing other threads' CUDA work (their loads, their
+        # batches), and one capture at a time keeps captures apart.
+        with (
+            _CAPTURE_LOCK,
+            torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"),
+        ):
             static_out = loaded.module(bucket.dev_in)
         bucket.graph, bucket.static_out = graph, static_out
         return True

@@ -269,3 +269,21 @@ async def test_stats_track_latency_service_and_throughput() -> None:
         fields = {"queue", "in_flight", "ewma_latency", "throughput", "memory"}
         assert set(stats.to_json()) == fields
         n.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+async def test_two_models_load_concurrently_on_cuda_and_serve() -> None:
+    # Regression: one model's CUDA-graph capture used to fail the other's load.
+    async with trio.open_nursery() as n:
+        svc = InferenceService(TorchEngine())
+        await n.start(svc.run)
+        svc.load(ModelConfig.from_spec("mlp=builtin:mlp,device=cuda,max_batch_size=64"))
+        svc.load(ModelConfig.from_spec("tr=builtin:transformer,device=cuda"))
+        for name in ("mlp", "tr"):
+            status = await svc.wait_ready(name)
+            assert status.state == ModelState.READY, status.reason
+        out = await svc.infer("mlp", {"input": torch.zeros(3, 256)})
+        assert out["output"].shape == (3, 16)
+        out = await svc.infer("tr", {"input": torch.zeros(2, 32, dtype=torch.int64)})
+        assert out["output"].shape == (2, 8)
+        n.cancel_scope.cancel()
