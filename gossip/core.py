@@ -142,7 +142,6 @@ class _Probe:
     # Set on a helper's relay: where to forward the ack.
     relay_to: Addr | None = None
     relay_seq: int = 0
-    confirmation: bool = False
     light: bool = False  # a direct ping only; escalates to a full probe on timeout
 
 
@@ -535,7 +534,7 @@ class GossipNode:
         self._update_suspicion_deadline(m)
         self._emit(EventType.SUSPECT, m.name, now)
         if confirm and m.name not in self._probing and now >= self._quiet_until:
-            self._probe(m.name, now, confirmation=True)
+            self._probe(m.name, now)
 
     def _update_suspicion_deadline(self, m: Member) -> None:
         """Lifeguard: timeout falls from max to min as confirmations arrive."""
@@ -588,17 +587,13 @@ class GossipNode:
         self._seq += 1
         return self._seq
 
-    def _probe(
-        self, target: str, now: float, confirmation: bool = False, light: bool = False
-    ) -> None:
+    def _probe(self, target: str, now: float, light: bool = False) -> None:
         m = self.members.get(target)
         if m is None or not m.live:
             return
         self._probing.add(target)
         seq = self._next_seq()
-        self._probes[seq] = _Probe(
-            target, now + self._probe_timeout(), confirmation=confirmation, light=light
-        )
+        self._probes[seq] = _Probe(target, now + self._probe_timeout(), light=light)
         self.counters["probes"] += 1
         self._send(m.addr, self._msg(MsgType.PING, seq=seq, target=target), now)
         if light:

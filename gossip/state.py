@@ -20,7 +20,6 @@ missed a deletion, so it gets the whole record with `reset`.
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,7 +281,3 @@ class ClusterState:
         mine.merge(incoming)
         self.crdt_changed(name)
         return self._crdt_hash[name] != before
-
-
-def hash_u64(value: int) -> bytes:
-    return struct.pack(">Q", value)

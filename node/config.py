@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,3 @@ def load_node_config(
     if "name" not in values:
         raise ConfigError("name", "is required (--name, [node].name or RUMOR_NAME)")
     return NodeConfig(**values)
-
-
-def with_overrides(cfg: NodeConfig, **kw: Any) -> NodeConfig:
-    return replace(cfg, **kw)
