@@ -30,12 +30,28 @@ def add_sim_parser(sub: Any) -> None:
     sim.add_argument("--json", action="store_true", help="print exactly one JSON object")
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG: informed fraction, bytes")
     sim.set_defaults(func=run_sim_command)
-    rest = sim.add_subparsers(dest="sim_command", metavar="{theory}")
+    rest = sim.add_subparsers(dest="sim_command", metavar="{theory,routing}")
     theory = rest.add_parser("theory", help="measured rounds against the epidemic bounds")
     theory.add_argument("--sizes", default="100,1000", help="cluster sizes (default 100,1000)")
     theory.add_argument("--seeds", type=int, default=3, help="runs per size (default 3)")
     theory.add_argument("--json", action="store_true", dest="theory_json")
     theory.set_defaults(func=run_theory_command)
+    routing = rest.add_parser("routing", help="router policies under stale load information")
+    routing.add_argument(
+        "--policies", default=",".join(_policies()), help="comma-separated (default: all)"
+    )
+    routing.add_argument("--nodes", type=int, default=100, dest="r_nodes")
+    routing.add_argument("--routers", default="10,100", help="entry routers (default 10,100)")
+    routing.add_argument(
+        "--load", default="0.5,0.9,0.99", help="utilisation (default 0.5,0.9,0.99)"
+    )
+    routing.add_argument("--interval", default="0.2,1,2", help="gossip interval, s")
+    routing.add_argument("--service-ms", type=float, default=100.0, help="mean service time")
+    routing.add_argument("--requests", type=int, default=20_000, help="requests per cell")
+    routing.add_argument("--seed", type=int, default=1, dest="r_seed")
+    routing.add_argument("--json", action="store_true", dest="r_json")
+    routing.add_argument("--plot", metavar="OUT.png", dest="r_plot")
+    routing.set_defaults(func=run_routing_command)
 
 
 def _fail(message: str) -> int:
@@ -187,3 +203,96 @@ def run_theory_command(args: argparse.Namespace) -> int:
             f"| {r['push_pull_bound_log3']} | {r['push_pull_bound_log3_plus_lnln']} |"
         )
     return 0
+
+
+def _policies() -> tuple[str, ...]:
+    from .routing import POLICIES
+
+    return POLICIES
+
+
+def run_routing_command(args: argparse.Namespace) -> int:
+    from .routing import POLICIES, simulate
+
+    try:
+        policies = [p for p in args.policies.split(",") if p]
+        for p in policies:
+            if p not in POLICIES:
+                raise ValueError(f"--policies: unknown policy {p!r} (have {', '.join(POLICIES)})")
+        routers = [int(x) for x in args.routers.split(",")]
+        loads = [float(x) for x in args.load.split(",")]
+        intervals = [float(x) for x in args.interval.split(",")]
+        if not all(0 < x < 1 for x in loads):
+            raise ValueError("--load: each value must be within (0, 1)")
+        if args.r_nodes < 2 or min(routers) < 1 or min(intervals) <= 0 or args.service_ms <= 0:
+            raise ValueError("--nodes >= 2, --routers >= 1, --interval > 0, --service-ms > 0")
+    except ValueError as e:
+        return _fail(str(e))
+    cells = [(p, r, ld, iv) for r in routers for ld in loads for iv in intervals for p in policies]
+    progress, stop = _progress(Scenario(nodes=args.r_nodes))
+    results = []
+    try:
+        for i, (p, r, ld, iv) in enumerate(cells):
+            results.append(
+                simulate(
+                    p,
+                    nodes=args.r_nodes,
+                    routers=r,
+                    load=ld,
+                    interval_s=iv,
+                    service_s=args.service_ms / 1000,
+                    requests=args.requests,
+                    seed=args.r_seed,
+                ).to_json()
+            )
+            progress((i + 1) / len(cells))
+    finally:
+        stop()
+    if args.r_plot:
+        _plot_routing(results, args.r_plot)
+    if args.r_json:
+        print(
+            json.dumps(
+                {"service_s": args.service_ms / 1000, "nodes": args.r_nodes, "results": results}
+            )
+        )
+        return 0
+    print("| routers | load | interval s | " + " | ".join(policies) + " |")
+    print("|---:|---:|---:|" + "---:|" * len(policies))
+    for r in routers:
+        for ld in loads:
+            for iv in intervals:
+                row = [
+                    x
+                    for x in results
+                    if x["routers"] == r and x["load"] == ld and x["interval_s"] == iv
+                ]
+                cells_txt = " | ".join(f"{x['mean_s'] * 1000:.0f} ms" for x in row)
+                print(f"| {r} | {ld} | {iv} | {cells_txt} |")
+    return 0
+
+
+def _plot_routing(results: list[dict[str, Any]], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(x["routers"], x["load"]) for x in results})
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.6), squeeze=False)
+    for ax, (r, ld) in zip(axes[0], groups, strict=True):
+        for policy in sorted({x["policy"] for x in results}):
+            pts = sorted(
+                (x["interval_s"], x["mean_s"])
+                for x in results
+                if x["policy"] == policy and x["routers"] == r and x["load"] == ld
+            )
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+        ax.set_title(f"{r} routers, load {ld}")
+        ax.set_xlabel("gossip interval (s)")
+        ax.set_yscale("log")
+    axes[0][0].set_ylabel("mean time in system (s)")
+    axes[0][-1].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

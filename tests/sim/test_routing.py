@@ -52,3 +52,40 @@ def test_unknown_policy_is_refused() -> None:
     assert "rumor" in POLICIES
     with pytest.raises(ValueError, match="unknown policy"):
         simulate("fastest")
+
+
+def test_cli_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from node.cli import main
+
+    rc = main(
+        [
+            "sim",
+            "routing",
+            "--routers",
+            "2",
+            "--load",
+            "0.5",
+            "--interval",
+            "1",
+            "--requests",
+            "2000",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    names = {r["policy"] for r in d["results"]}
+    assert names == {
+        "random",
+        "round_robin",
+        "least_loaded",
+        "p2c",
+        "p2c_fresh",
+        "rumor",
+        "oracle_jsq",
+    }
+    for r in d["results"]:
+        assert set(r) >= {"policy", "routers", "load", "interval_s", "mean_s", "p99_s", "rejected"}
+    assert main(["sim", "routing", "--policies", "nope"]) == 2
