@@ -199,7 +199,7 @@ class GossipNode:
         self._predecessor: str | None = None
         self._digest_cursor: str | None = None
         self._last_syn_to: dict[str, float] = {}
-        self._last_told_dead: dict[str, float] = {}
+        self._last_told: dict[str, float] = {}
         self._seeds: list[Addr] = []
 
     # ------------------------------------------------------------------ public API
@@ -336,16 +336,15 @@ class GossipNode:
             limit = self.config.max_stream_frame if stream else self.config.max_datagram
             msg = decode_message(plaintext, limit)
             self._check_sender(msg, nonce, src, stream)
+            # Every part of the message is validated here, before anything is
+            # applied: a bad message is dropped whole, never half-applied.
+            crdts = self._decode_crdts(msg)
         except RemoteProtocolError as e:
             self._drop(e.reason, src, str(e))
             return
         self.counters[f"msg_{msg.type.name.lower()}"] += 1
         try:
-            self._handle(msg, now)
-        except (RemoteProtocolError, DecodeError, TypeError) as e:
-            # Validation happens before any state change, so nothing was applied.
-            reason = e.reason if isinstance(e, RemoteProtocolError) else "bad_payload"
-            self._drop(reason, src, str(e))
+            self._handle(msg, crdts, now)
         except Exception:
             # A bug on our side, triggered by a peer: loud in the log and the
             # counters, but a peer's message must never take the node down.
@@ -374,7 +373,20 @@ class GossipNode:
             if not window.check_and_set(counter):
                 raise RemoteProtocolError("replay", f"counter {counter} from {msg.sender}")
 
-    def _handle(self, msg: Message, now: float) -> None:
+    def _decode_crdts(self, msg: Message) -> list[tuple[str, CRDT]]:
+        decoded = []
+        for name, blob in msg.crdts:
+            try:
+                value = decode(blob, self.config.max_stream_frame)
+            except DecodeError as e:
+                raise RemoteProtocolError("bad_payload", f"CRDT {name!r}: {e}") from None
+            mine = self.state.crdts.get(name)
+            if mine is not None and type(value) is not type(mine):
+                raise RemoteProtocolError("bad_payload", f"CRDT {name!r} has the wrong type")
+            decoded.append((name, value))
+        return decoded
+
+    def _handle(self, msg: Message, crdts: list[tuple[str, CRDT]], now: float) -> None:
         self._heard_from(msg, now)
         for r in msg.rumors:
             self._apply_rumor(r, now, reply_to=msg.addr)
@@ -397,13 +409,13 @@ class GossipNode:
         elif t == MsgType.SYN:
             self._on_syn(msg, now)
         elif t == MsgType.SYNACK:
-            self._apply_payload(msg, now)
+            self._apply_payload(msg, crdts, now)
             if msg.digest:  # what the peer asked us for
                 deltas = self._deltas_for(msg.digest)
                 if deltas:
                     self._send(msg.addr, self._msg(MsgType.ACK2, deltas=tuple(deltas)), now)
         elif t == MsgType.ACK2 or t == MsgType.PUSH:
-            self._apply_payload(msg, now)
+            self._apply_payload(msg, crdts, now)
 
     def _heard_from(self, msg: Message, now: float) -> None:
         if self.state.is_tombstoned(msg.sender, msg.generation):
@@ -427,9 +439,9 @@ class GossipNode:
 
     def _tell(self, name: str, addr: Addr, verdict: Rumor, now: float) -> None:
         """Send a member our verdict about it (at most once a round)."""
-        last = self._last_told_dead.get(name, -1e9)
+        last = self._last_told.get(name, -1e9)
         if now - last >= self.config.interval:
-            self._last_told_dead[name] = now
+            self._last_told[name] = now
             tell = self._msg(MsgType.PUSH, extra_rumors=(verdict,), rumor_budget=0)
             self._send(addr, tell, now)
 
@@ -929,16 +941,8 @@ class GossipNode:
                 out.append(rec.delta_since(e.max_version))
         return out
 
-    def _apply_payload(self, msg: Message, now: float) -> None:
-        """Apply deltas, CRDTs and announces (SYNACK, ACK2, PUSH)."""
-        # Validate CRDT payloads completely before changing anything.
-        decoded = []
-        for name, blob in msg.crdts:
-            value = decode(blob, self.config.max_stream_frame)
-            mine = self.state.crdts.get(name)
-            if mine is not None and type(value) is not type(mine):
-                raise RemoteProtocolError("bad_payload", f"CRDT {name!r} has the wrong type")
-            decoded.append((name, value))
+    def _apply_payload(self, msg: Message, decoded: list[tuple[str, CRDT]], now: float) -> None:
+        """Apply deltas, CRDTs (already decoded and checked) and announces."""
         gaps: list[DigestEntry] = []
         forward = False
         for d in msg.deltas:

@@ -121,3 +121,23 @@ def test_insecure_node_rejects_sealed_and_garbage() -> None:
     a.receive_datagram(sealed, SRC, 1.0)
     a.receive_datagram(b"\x01\x00\xc1", SRC, 1.0)
     assert a.counters["dropped_auth_failed"] == 1 and a.counters["dropped_malformed"] == 1
+
+
+def test_bad_crdt_blob_drops_the_whole_message() -> None:
+    """Rumors and deltas riding with a malformed CRDT payload are not applied."""
+    from gossip.crypto import Sealer
+    from gossip.wire import Message, Rumor, Status, encode_message
+
+    a, _ = _pair(KEY)
+    msg = Message(
+        MsgType.PUSH,
+        "b",
+        1,
+        SRC,
+        rumors=(Rumor("zed", 1, 0, Status.ALIVE, ("10.0.0.7", 7000)),),
+        crdts=(("catalog", b"\x93\x01\x06\xc1"),),
+    )
+    before = _snapshot(a)
+    a.receive_datagram(Sealer(KEY, random.Random(9)).seal(encode_message(msg)), SRC, 1.0)
+    assert a.counters["dropped_bad_payload"] == 1
+    assert _snapshot(a) == before and "zed" not in a.members and "b" not in a.members
