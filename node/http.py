@@ -336,7 +336,7 @@ def build_app(daemon: Daemon) -> Starlette:
         body = await read_body(request)
         try:
             return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise HTTPError(400, f"request body is not valid JSON: {e}") from None
 
     async def put_tags(request: Request) -> Response:
@@ -379,7 +379,7 @@ def build_app(daemon: Daemon) -> Starlette:
             mc = ModelConfig.from_dict(spec)
         except HTTPError as e:
             return _error(e.status, e.message, _trace())
-        except ConfigError as e:
+        except (ConfigError, TypeError, ValueError) as e:
             return _error(400, f"invalid model spec: {e}", _trace())
         daemon.catalog_put(mc.name, spec)
         return JSONResponse(
@@ -445,7 +445,7 @@ def _trace() -> str:
 def _parse_infer(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise HTTPError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(payload, dict):
         raise HTTPError(400, "request body must be a JSON object")

@@ -373,3 +373,16 @@ def test_rumor_up_starts_and_stops_a_cluster() -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_pathological_json_is_a_400_not_a_500(cluster: Cluster) -> None:
+    r = httpx.post(
+        f"http://{cluster.http('n0')}/v2/models/mlp/infer",
+        content=b"[" * 200_000,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    spec = {"name": "m", "source": "builtin:mlp", "max_batch_size": [1]}
+    r = httpx.post(f"http://{cluster.http('n0')}/v1/models", json=spec, timeout=10)
+    assert r.status_code == 400 and "max_batch_size" in r.json()["error"]
