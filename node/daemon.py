@@ -44,11 +44,9 @@ class Daemon:
         self.inference = InferenceService()
         self.gossip: GossipRuntime | None = None
         self.http_addr: tuple[str, int] | None = None
-        self.started_at = time.time()
         self.generation = self._next_generation()
         self.draining = False
         self.in_flight = 0
-        self.events: list[dict[str, Any]] = []  # recent events, for /v1/events
         self._event_waiters: list[trio.MemorySendChannel[dict[str, Any]]] = []
         self._published: dict[str, Any] = {}
         self._rng = random.Random()
@@ -57,7 +55,6 @@ class Daemon:
         self.device = _device_info()
         self.admin_token = _admin_token(config)
         self.hlc = HLC()
-        self.tags: dict[str, str] = {}
         self._state_dirty = False
         #: One cancel scope per request being served; cancelled when the drain
         #: timeout runs out, so each such request fails with a clear 503.
@@ -205,10 +202,9 @@ class Daemon:
             self.node.set_key("tags", dict(sorted(tags.items())), trio.current_time())
         except StateTooLarge as e:
             raise ValueError(str(e)) from None
-        self.tags = dict(tags)
         self.gossip.kick()
         if self.config.data_dir:  # operator data: survives a restart
-            _atomic_write(Path(self.config.data_dir) / "tags.json", json.dumps(self.tags).encode())
+            _atomic_write(Path(self.config.data_dir) / "tags.json", json.dumps(tags).encode())
 
     def _restore_tags(self) -> None:
         if not self.config.data_dir:
@@ -327,8 +323,6 @@ class Daemon:
             self._emit(item)
 
     def _emit(self, item: dict[str, Any]) -> None:
-        self.events.append(item)
-        del self.events[:-1000]
         for ch in list(self._event_waiters):
             try:
                 ch.send_nowait(item)
