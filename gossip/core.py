@@ -252,8 +252,7 @@ class GossipNode:
         me.incarnation, me.status = self.incarnation, Status.LEFT
         self._sync_live(self.name)
         self._queue_rumor(self.name)
-        for peer in self._random_peers(2 * self.config.fanout):
-            self._send_push(self.members[peer].addr, now)
+        self._push_to(self._random_peers(2 * self.config.fanout), now)
         self.left = True
 
     def take_outgoing(self) -> list[Outgoing]:
@@ -782,8 +781,7 @@ class GossipNode:
                 msg = self._msg(MsgType.HEARTBEAT, state_hash=self.state.hash)
                 self._send(self.members[succ].addr, msg, now)
         if self._bc_records or self._bc_rumors or self._bc_crdts:
-            for peer in self._random_peers(c.fanout):
-                self._send_push(self.members[peer].addr, now)
+            self._push_to(self._random_peers(c.fanout), now)
         if c.anti_entropy_every > 0 and self._round % c.anti_entropy_every == 0 and not alone:
             (peer,) = self._random_peers(1)
             if c.anti_entropy_full:
@@ -1035,10 +1033,14 @@ class GossipNode:
         """Eager push: send pending updates to `fanout` random peers right away."""
         if not self.config.eager_push:
             return
-        for peer in self._random_peers(self.config.fanout):
-            self._send_push(self.members[peer].addr, now)
+        self._push_to(self._random_peers(self.config.fanout), now)
 
-    def _send_push(self, dst: Addr, now: float) -> None:
+    def _push_to(self, peers: list[str], now: float) -> None:
+        """One PUSH of pending updates, built and encoded once, sealed per peer;
+        every item it carries is charged one transmission per peer."""
+        if not peers:
+            return
+        copies = len(peers)
         budget = self.config.max_datagram - SEAL_OVERHEAD - _MSGPACK_SLACK - 64
         deltas: list[NodeDelta] = []
         announces: list[Announce] = []
@@ -1059,7 +1061,7 @@ class GossipNode:
                     continue
                 announces.append(ann)
                 budget -= size
-            item[1] -= 1
+            item[1] -= copies
             if item[1] <= 0:
                 del self._bc_records[name]
         crdts: list[tuple[str, bytes]] = []
@@ -1073,21 +1075,26 @@ class GossipNode:
                 continue
             crdts.append((name, blob))
             budget -= len(blob) + 16
-            if left <= 1:
+            if left <= copies:
                 del self._bc_crdts[name]
             else:
-                self._bc_crdts[name] = (delta_crdt, left - 1)
+                self._bc_crdts[name] = (delta_crdt, left - copies)
         msg = self._msg(
             MsgType.PUSH,
             deltas=tuple(deltas),
             announces=tuple(announces),
             crdts=tuple(crdts),
             rumor_budget=budget,
+            copies=copies,
         )
         if msg.deltas or msg.announces or msg.crdts or msg.rumors:
-            self._send(dst, msg, now)
+            plaintext = encode_message(msg)
+            for peer in peers:
+                self._send_plaintext(self.members[peer].addr, plaintext)
 
-    def _take_rumors(self, budget: int, first: str | None = None) -> tuple[Rumor, ...]:
+    def _take_rumors(
+        self, budget: int, first: str | None = None, copies: int = 1
+    ) -> tuple[Rumor, ...]:
         out: list[Rumor] = []
         order = sorted(self._bc_rumors.items(), key=lambda kv: -kv[1])
         if first is not None and first in self._bc_rumors:
@@ -1103,10 +1110,10 @@ class GossipNode:
                 break
             out.append(r)
             budget -= size
-            if left <= 1:
+            if left <= copies:
                 del self._bc_rumors[name]
             else:
-                self._bc_rumors[name] = left - 1
+                self._bc_rumors[name] = left - copies
         return tuple(out)
 
     # ------------------------------------------------------------------ sending
@@ -1117,6 +1124,7 @@ class GossipNode:
         *,
         rumor_budget: int | None = None,
         extra_rumors: tuple[Rumor, ...] = (),
+        copies: int = 1,
         **fields: Any,
     ) -> Message:
         if rumor_budget is None:
@@ -1124,11 +1132,14 @@ class GossipNode:
             if mtype in (MsgType.SYN, MsgType.SYNACK, MsgType.ACK2):
                 rumor_budget = 300
         target = fields.get("target")
-        rumors = extra_rumors + self._take_rumors(rumor_budget, first=target)
+        rumors = extra_rumors + self._take_rumors(rumor_budget, first=target, copies=copies)
         return Message(mtype, self.name, self.generation, self.addr, rumors=rumors, **fields)
 
     def _send(self, dst: Addr, msg: Message, now: float) -> None:
-        data = self._sealer.seal(encode_message(msg))
+        self._send_plaintext(dst, encode_message(msg))
+
+    def _send_plaintext(self, dst: Addr, plaintext: bytes) -> None:
+        data = self._sealer.seal(plaintext)
         if len(data) <= self.config.max_datagram:
             self._outbox.append(Datagram(dst, data))
             self.counters["datagrams_out"] += 1
