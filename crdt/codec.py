@@ -33,9 +33,7 @@ TYPES: Final[dict[int, type[CRDT]]] = {
 def encode(value: CRDT) -> bytes:
     if type(value).TYPE_TAG not in TYPES:
         raise TypeError(f"{type(value).__name__} is not a registered CRDT")
-    out: bytes = msgpack.packb(
-        [WIRE_VERSION, value.TYPE_TAG, value.to_wire()], use_bin_type=True
-    )
+    out: bytes = msgpack.packb([WIRE_VERSION, value.TYPE_TAG, value.to_wire()], use_bin_type=True)
     return out
 
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import trio
 
-from .batcher import DynamicBatcher, LoadStats
 from .config import ModelConfig
-from .engine import Engine, ModelDescription, TorchEngine
 from .errors import ModelNotReady
 from .worker import WorkerThread
+
+if TYPE_CHECKING:  # torch is imported on the first load, so a node without models stays light
+    import torch
+
+    from .batcher import DynamicBatcher, LoadStats
+    from .engine import Engine, ModelDescription
 
 
 class ModelState(enum.StrEnum):
@@ -63,10 +66,18 @@ class InferenceService:
     """
 
     def __init__(self, engine: Engine | None = None) -> None:
-        self.engine = engine if engine is not None else TorchEngine()
+        self._engine = engine
         self._models: dict[str, ModelStatus] = {}
         self._nursery: trio.Nursery | None = None
         self._started = trio.Event()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from .engine import TorchEngine
+
+            self._engine = TorchEngine()
+        return self._engine
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -107,6 +118,8 @@ class InferenceService:
             status.worker = None
             status.settled.set()
             return
+        from .batcher import DynamicBatcher
+
         batcher = DynamicBatcher(self.engine, config, worker)
         status.batcher = batcher
         status.state = ModelState.READY

@@ -433,6 +433,10 @@ def new_trace_id() -> str:
 
 
 def _device_info() -> dict[str, Any]:
+    import glob
+
+    if not glob.glob("/dev/nvidia[0-9]*"):  # no NVIDIA device: skip importing torch (~150 MB)
+        return {"type": "cpu", "name": "cpu"}
     try:
         import torch
 

@@ -15,7 +15,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import torch
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
@@ -38,21 +37,25 @@ from inference.errors import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from .daemon import Daemon
 
 log = logging.getLogger("rumor.http")
 
+#: KServe v2 datatype -> torch dtype attribute (torch is imported on first use,
+#: so that a node without models never loads it).
 DTYPES = {
-    "FP32": torch.float32,
-    "FP16": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP64": torch.float64,
-    "INT64": torch.int64,
-    "INT32": torch.int32,
-    "INT16": torch.int16,
-    "INT8": torch.int8,
-    "UINT8": torch.uint8,
-    "BOOL": torch.bool,
+    "FP32": "float32",
+    "FP16": "float16",
+    "BF16": "bfloat16",
+    "FP64": "float64",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT16": "int16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
 }
 FORWARDED = "x-rumor-forwarded"
 TRACE = "x-rumor-trace-id"
@@ -290,9 +293,11 @@ def build_app(daemon: Daemon) -> Starlette:
         except InferenceFailed as e:
             return _error(500, str(e), trace)
         duration.labels(m, "local").observe(time.perf_counter() - t0)
+        import torch  # already loaded: a local model just answered
+
         outputs = []
         for name, t in out.items():
-            dtype = next((k for k, v in DTYPES.items() if v == t.dtype), "FP32")
+            dtype = next((k for k, v in DTYPES.items() if getattr(torch, v) == t.dtype), "FP32")
             flat = (
                 t.float().reshape(-1).tolist() if t.is_floating_point() else t.reshape(-1).tolist()
             )
@@ -473,10 +478,12 @@ def _parse_infer(body: bytes) -> dict[str, Any]:
 
 
 def _to_tensors(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    import torch
+
     out = {}
     for i, t in enumerate(payload["inputs"]):
         try:
-            tensor = torch.tensor(t["data"], dtype=DTYPES[t["datatype"]])
+            tensor = torch.tensor(t["data"], dtype=getattr(torch, DTYPES[t["datatype"]]))
         except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise HTTPError(400, f"inputs[{i}].data does not match {t['datatype']}: {e}") from None
         n = math.prod(t["shape"])
