@@ -57,6 +57,11 @@ def add_node_parsers(sub: Any) -> None:
     node.add_argument("--fanout", type=int, help="gossip fanout (default 3)")
     node.add_argument("--drain-timeout", type=float, help="shutdown drain, s (default 10)")
     node.add_argument("--log-json", action="store_true", default=None, help="JSON logs")
+    node.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="info (default) logs membership changes; debug adds every record update",
+    )
     node.set_defaults(func=cmd_node)
 
     up = sub.add_parser("up", help="start a local cluster of real daemons on loopback")
@@ -112,15 +117,18 @@ def cmd_node(args: argparse.Namespace) -> int:
         "fanout": args.fanout,
         "drain_timeout": args.drain_timeout,
         "log_json": args.log_json,
+        "log_level": args.log_level,
     }
     try:
         config = load_node_config(args.config, flags)
     except ConfigError as e:
         print(f"rumor node: error: {e}", file=sys.stderr)
         return 2
+    import logging
+
     from .logs import setup_logging
 
-    setup_logging(config.log_json)
+    setup_logging(config.log_json, getattr(logging, config.log_level.upper()))
     daemon = Daemon(config)
 
     async def main() -> None:

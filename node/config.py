@@ -13,6 +13,8 @@ from gossip.transport import parse_hostport
 from inference.config import ModelConfig
 from inference.errors import ConfigError
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -27,6 +29,7 @@ class NodeConfig:
     insecure: bool = False
     admin_token_file: str | None = None
     log_json: bool = False
+    log_level: str = "info"
     interval: float = 0.2
     fanout: int = 3
     drain_timeout: float = 10.0
@@ -47,6 +50,8 @@ class NodeConfig:
                 parse_hostport(j)
             except ValueError as e:
                 raise ConfigError("join", str(e)) from None
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if self.interval <= 0:
             raise ConfigError("interval", "must be positive")
         if self.fanout < 1:

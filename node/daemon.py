@@ -31,6 +31,8 @@ from .config import NodeConfig
 
 log = logging.getLogger("rumor.node")
 
+TAG_PREFIX = "tag:"
+
 
 def _fmt(addr: tuple[str, int]) -> str:
     host, port = addr
@@ -194,17 +196,39 @@ class Daemon:
         self._local_crdt_change("replicas", targets.set(self.name, model, replicas, self._ts()))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        """User tags, gossiped in this node's record (bounded by the state-size limit)."""
+        """Replace this node's user tags, gossiped in its record.
+
+        Each tag is its own record key (`tag:NAME`), so changing one tag sends
+        only that tag, however much else the node carries. Bounded by the
+        node-state limit.
+        """
         assert self.gossip is not None
         from gossip.errors import StateTooLarge
 
+        now = trio.current_time()
+        old = self.tags()
         try:
-            self.node.set_key("tags", dict(sorted(tags.items())), trio.current_time())
+            for k, v in sorted(tags.items()):
+                if old.get(k) != v:
+                    self.node.set_key(TAG_PREFIX + k, v, now)
         except StateTooLarge as e:
+            for k in sorted(tags):  # all or nothing: put the old tags back
+                if k in old:
+                    self.node.set_key(TAG_PREFIX + k, old[k], now)
+                else:
+                    self.node.delete_key(TAG_PREFIX + k, now)
             raise ValueError(str(e)) from None
+        for k in sorted(set(old) - set(tags)):
+            self.node.delete_key(TAG_PREFIX + k, now)
         self.gossip.kick()
         if self.config.data_dir:  # operator data: survives a restart
             _atomic_write(Path(self.config.data_dir) / "tags.json", json.dumps(tags).encode())
+
+    def tags(self, name: str | None = None) -> dict[str, str]:
+        rec = self.node.record(name or self.name)
+        if rec is None:
+            return {}
+        return {k[len(TAG_PREFIX) :]: v for k, v in rec.items().items() if k.startswith(TAG_PREFIX)}
 
     def _restore_tags(self) -> None:
         if not self.config.data_dir:
@@ -316,8 +340,17 @@ class Daemon:
             }
             if kind == "catalog-update":
                 self._state_dirty = True  # remote operator data: persist it too
-            if ev.keys:
-                item["keys"] = list(ev.keys)
+            # The log is the daemon's own timestamped event record (like Serf's
+            # handlers); record updates are frequent under load, so only at debug.
+            log.log(
+                logging.DEBUG if kind in ("member-update", "catalog-update") else logging.INFO,
+                "%s %s",
+                kind,
+                ev.member,
+                extra={"event": kind, "member": ev.member, "keys": list(ev.keys or ())},
+            )
+            if ev.keys:  # every `tag:NAME` key is reported as "tags"
+                item["keys"] = sorted({"tags" if k.startswith(TAG_PREFIX) else k for k in ev.keys})
                 if "models" in ev.keys:
                     self._emit({**item, "type": "model-state"})
             self._emit(item)
@@ -355,7 +388,7 @@ class Daemon:
                     "models": values.get("models", {}),
                     "load": values.get("load", {}),
                     "device": values.get("device", {}),
-                    "tags": values.get("tags", {}),
+                    "tags": self.tags(name),
                     "age_s": round(max(0.0, now - rec.updated_at), 3) if rec else None,
                     "evidence": node.evidence(name, now),
                 }

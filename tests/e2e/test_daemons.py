@@ -83,11 +83,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 15,
                 f"{n} to see 3 alive members",
             )
-        wait_for(
-            lambda: httpx.get(f"http://{c.http('n2')}/v2/models/mlp/ready").status_code == 200,
-            15,
-            "mlp ready as seen from n2",
-        )
+        for model in ("mlp", "transformer"):
+            wait_for(
+                lambda m=model: (
+                    httpx.get(f"http://{c.http('n2')}/v2/models/{m}/ready").status_code == 200
+                ),
+                15,
+                f"{model} ready as seen from n2",
+            )
         yield c
     finally:
         c.stop_all()
