@@ -18,7 +18,7 @@ class GossipConfig:
     heartbeat_every: int = 2
     #: Silence from the ring predecessor longer than this many heartbeat periods
     #: triggers an active check (direct ping plus `indirect_probes` ping-reqs).
-    silence_periods: float = 2.5
+    silence_periods: float = 2.0
     indirect_probes: int = 3
     #: Minimum time to wait for an ack; scaled by local health (Lifeguard).
     probe_timeout: float = 0.25

@@ -651,6 +651,7 @@ class GossipNode:
                 self._start_suspicion(m, now, confirm=False)
                 self._queue_rumor(m.name)
                 self._push_now(now)
+                self._tell(m.name, m.addr, m.rumor(), now)
             elif m.status == Status.SUSPECT and self.name not in m.suspectors:
                 m.suspectors.add(self.name)  # our own confirmation
                 self._update_suspicion_deadline(m)
@@ -771,6 +772,13 @@ class GossipNode:
     def _do_round(self, now: float) -> None:
         self._round += 1
         c = self.config
+        for name in sorted(self._suspects):
+            m = self.members.get(name)
+            if m is not None and m.status == Status.SUSPECT and self.name in m.suspectors:
+                # We accuse it: tell it directly, so a live member whose
+                # refutation our gossip keeps missing (a lossy link) can
+                # refute straight back to us before the timeout.
+                self._tell(name, m.addr, m.rumor(), now)
         alone = len(self._live) <= 1
         if alone and self._seeds:
             for seed in self._seeds:  # still alone: keep knocking on the seeds

@@ -1,0 +1,623 @@
+"""rumor against HashiCorp Serf, side by side on loopback, in one run.
+
+    sudo .venv/bin/python bench/serf_compare.py                 # N = 10, 40, 100
+    .venv/bin/python bench/serf_compare.py --nodes 10 --idle 30 --json
+
+For each N it starts N Serf agents (lan profile: 200 ms gossip, fanout 3), then
+N rumor daemons (`rumor node`, 200 ms interval, fanout 3, no models, each
+carrying 4 KB of tags), one system at a time so they never compete for the
+CPU, and measures both in the same way:
+
+* dissemination: one node changes a tag; each peer's own event timestamp
+  (Serf: a `member-update` event handler that writes `date +%s.%N`; rumor: the
+  daemon's JSON log line for the record update) minus the moment the change
+  was issued.  p50 over every peer of every trial, max per trial;
+* failure detection: a SIGKILLed node; the time until every peer has its own
+  `member-failed` (Serf) / `member-dead` (rumor) event;
+* false deaths: failed/dead events for any node that was not killed;
+* idle traffic: a tcpdump capture on the system's gossip ports (UDP and TCP),
+  IP bytes per node per second;
+* CPU: utime + stime of the agent/daemon processes over the idle window, per
+  node per minute.
+
+Serf is installed with apt when it is missing (root only); without it the
+script says why and exits 2.  tcpdump likewise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+TAG_BYTES = 4096  # state each rumor node carries (Serf caps its tags at 512 B)
+
+
+# -- tools -----------------------------------------------------------------------
+
+
+def ensure_tool(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path:
+        return path
+    if os.geteuid() != 0:
+        sys.exit(f"serf_compare: {binary} is missing and this is not root: apt-get install {package}")
+    print(f"installing {package} with apt ...", file=sys.stderr)
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"serf_compare: `{' '.join(cmd)}` failed: {r.stderr.strip()[-500:]}")
+    path = shutil.which(binary)
+    if not path:
+        sys.exit(f"serf_compare: {package} installed but {binary} is not on PATH")
+    return path
+
+
+def cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def pcap_bytes(path: Path, start: float, end: float) -> tuple[int, int]:
+    """IP bytes and packets in a pcap (Linux loopback: 14-byte link header)."""
+    data = path.read_bytes()
+    if len(data) < 24:
+        return 0, 0
+    magic = struct.unpack("<I", data[:4])[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
+    link = struct.unpack(endian + "I", data[20:24])[0]
+    header = 14 if link == 1 else 16 if link == 113 else 0
+    total = packets = 0
+    off = 24
+    while off + 16 <= len(data):
+        sec, frac, incl, orig = struct.unpack(endian + "IIII", data[off : off + 16])
+        ts = sec + frac / (1e9 if nano else 1e6)
+        if start <= ts < end:
+            total += orig - header
+            packets += 1
+        off += 16 + incl
+    return total, packets
+
+
+class Capture:
+    """tcpdump on loopback for a port range, written to a pcap file."""
+
+    def __init__(self, tcpdump: str, ports: tuple[int, int], path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [tcpdump, "-i", "lo", "-n", "-s", "96", "-B", "16384", "-w", str(path),
+             f"portrange {ports[0]}-{ports[1]}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "listening on lo ..." once it captures
+        if "listening" not in line:
+            raise RuntimeError(f"tcpdump did not start: {line.strip()}")
+        self.start = time.time()
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=20)
+        return err.strip()
+
+
+# -- the two systems, behind one interface --------------------------------------------
+
+
+@dataclass
+class Event:
+    t: float
+    kind: str  # "update" | "dead" | other
+    member: str
+    keys: tuple[str, ...] = ()
+
+
+@dataclass
+class Cluster:
+    n: int
+    work: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+    events: dict[str, list[Event]] = field(default_factory=dict)
+    name = "?"
+    gossip_base = 0
+
+    def names(self) -> list[str]:
+        return [self.node_name(i) for i in range(self.n)]
+
+    def node_name(self, i: int) -> str:
+        return f"{self.name[0]}{i}"
+
+    def port_range(self) -> tuple[int, int]:
+        return self.gossip_base, self.gossip_base + self.n - 1
+
+    def event_file(self, node: str) -> Path:
+        return self.work / f"{node}.events"
+
+    def parse(self, line: str) -> Event | None:
+        raise NotImplementedError
+
+    def poll_events(self) -> None:
+        for node in self.names():
+            path = self.event_file(node)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets.get(node, 0))
+                    chunk = f.read()
+            except OSError:
+                continue
+            cut = chunk.rfind(b"\n") + 1
+            self.offsets[node] = self.offsets.get(node, 0) + cut
+            for raw in chunk[:cut].decode(errors="replace").splitlines():
+                ev = self.parse(raw)
+                if ev is not None:
+                    self.events.setdefault(node, []).append(ev)
+
+    def first_event(self, node: str, kind: str, member: str, after: float, key: str = "") -> float:
+        for ev in self.events.get(node, []):
+            if ev.kind == kind and ev.member == member and ev.t >= after:
+                if not key or key in ev.keys:
+                    return ev.t
+        return -1.0
+
+    def wait_events(
+        self, kind: str, member: str, after: float, timeout: float, key: str = ""
+    ) -> dict[str, float]:
+        """Each other node's first `kind` event about `member` after `after`."""
+        peers = [p for p in self.names() if p != member and self.alive(p)]
+        end = time.time() + timeout
+        got: dict[str, float] = {}
+        while time.time() < end:
+            self.poll_events()
+            for p in peers:
+                if p not in got:
+                    t = self.first_event(p, kind, member, after, key)
+                    if t >= 0:
+                        got[p] = t
+            if len(got) == len(peers):
+                break
+            time.sleep(0.05)
+        return got
+
+    def alive(self, node: str) -> bool:
+        proc = self.procs.get(node)
+        return proc is not None and proc.poll() is None
+
+    def pids(self) -> list[int]:
+        return [p.pid for n, p in self.procs.items() if p.poll() is None]
+
+    def kill(self, node: str) -> None:
+        self.procs[node].send_signal(signal.SIGKILL)
+        self.procs[node].wait(10)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in self.procs.values():
+            p.wait(10)
+
+    def false_deaths(self, killed: str, killed_at: float) -> int:
+        self.poll_events()
+        bad = 0
+        for evs in self.events.values():
+            for ev in evs:
+                if ev.kind == "dead" and (ev.member != killed or ev.t < killed_at):
+                    bad += 1
+        return bad
+
+    def suspicions(self) -> int:
+        return sum(ev.kind == "suspect" for evs in self.events.values() for ev in evs)
+
+
+class SerfCluster(Cluster):
+    name = "serf"
+    gossip_base = 20000
+    rpc_base = 21000
+
+    def start(self, serf: str) -> None:
+        handler = self.work / "handler.sh"
+        handler.write_text(
+            "#!/bin/sh\n"
+            "t=$(date +%s.%N)\n"
+            'while read -r name rest; do echo "$t $SERF_EVENT $name"; done'
+            ' >> "$EVENTS_DIR/$SERF_SELF_NAME.events"\n'
+        )
+        handler.chmod(0o755)
+        env = {**os.environ, "EVENTS_DIR": str(self.work)}
+        for i, node in enumerate(self.names()):
+            cmd = [
+                serf, "agent", f"-node={node}", f"-bind={HOST}:{self.gossip_base + i}",
+                f"-rpc-addr={HOST}:{self.rpc_base + i}", "-profile=lan", "-log-level=warn",
+                f"-event-handler=member-join,member-update,member-failed={handler}",
+                "-tag", "role=bench",
+            ]  # fmt: skip
+            if i:
+                cmd += [f"-retry-join={HOST}:{self.gossip_base}", "-retry-interval=1s"]
+            log = open(self.work / f"{node}.log", "wb")
+            self.procs[node] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            if i == 0:
+                time.sleep(0.5)
+
+    def members_alive(self, i: int, serf: str) -> int:
+        r = subprocess.run(
+            [serf, "members", f"-rpc-addr={HOST}:{self.rpc_base + i}", "-status=alive"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return len(r.stdout.splitlines()) if r.returncode == 0 else 0
+
+    def wait_converged(self, serf: str, timeout: float) -> bool:
+        end = time.time() + timeout
+        pending = set(range(self.n))
+        while pending and time.time() < end:
+            pending = {i for i in pending if self.members_alive(i, serf) != self.n}
+            time.sleep(0.2)
+        return not pending
+
+    def set_tag(self, i: int, value: str, serf: str) -> None:
+        subprocess.run(
+            [serf, "tags", f"-rpc-addr={HOST}:{self.rpc_base + i}", "-set", f"trial={value}"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def parse(self, line: str) -> Event | None:
+        parts = line.split()
+        if len(parts) != 3:
+            return None
+        kind = {"member-update": "update", "member-failed": "dead"}.get(parts[1], parts[1])
+        return Event(float(parts[0]), kind, parts[2], ("tag:trial",))
+
+
+class RumorCluster(Cluster):
+    name = "rumor"
+    gossip_base = 22000
+    http_base = 23000
+
+    def http(self, i: int) -> str:
+        return f"http://{HOST}:{self.http_base + i}"
+
+    def start(self, interval: float, fanout: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for i, node in enumerate(self.names()):
+            cmd = [
+                sys.executable, "-m", "node.cli", "node", "--name", node,
+                "--gossip", f"{HOST}:{self.gossip_base + i}", "--http", f"{HOST}:{self.http_base + i}",
+                "--interval", str(interval), "--fanout", str(fanout),
+                "--log-json", "--log-level", "debug",
+            ]  # fmt: skip
+            if i:
+                cmd += ["--join", f"{HOST}:{self.gossip_base}"]
+            err = open(self.event_file(node), "wb")
+            self.procs[node] = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True,
+                cwd=ROOT,
+            )  # fmt: skip
+            if i == 0:
+                time.sleep(1.0)
+
+    def view(self, client: httpx.Client, i: int) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = client.get(f"{self.http(i)}/v1/cluster", timeout=5).json()
+            return result
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def wait_converged(self, timeout: float) -> bool:
+        end = time.time() + timeout
+        pending = set(range(self.n))
+        with httpx.Client() as client:
+            while pending and time.time() < end:
+                still = set()
+                for i in pending:
+                    v = self.view(client, i)
+                    if v is None or sum(m["status"] == "alive" for m in v["members"]) != self.n:
+                        still.add(i)
+                pending = still
+                time.sleep(0.2)
+        return not pending
+
+    def load_state(self) -> None:
+        """4 KB of tags on every node (far past Serf's 512-byte cap)."""
+        with httpx.Client() as client:
+            for i in range(self.n):
+                r = client.put(f"{self.http(i)}/v1/node/tags", json=self._tags("0"), timeout=10)
+                r.raise_for_status()
+
+    def _tags(self, trial: str) -> dict[str, str]:
+        return {"blob": "x" * TAG_BYTES, "trial": trial}
+
+    def set_tag(self, i: int, value: str) -> None:
+        r = httpx.put(f"{self.http(i)}/v1/node/tags", json=self._tags(value), timeout=10)
+        r.raise_for_status()
+
+    def parse(self, line: str) -> Event | None:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return None
+        kind = rec.get("event")
+        if not kind:
+            return None
+        kind = {"member-update": "update", "member-dead": "dead", "member-suspect": "suspect"}.get(
+            kind, kind
+        )
+        return Event(float(rec["time"]), kind, str(rec.get("member")), tuple(rec.get("keys", ())))
+
+
+# -- one measurement ------------------------------------------------------------
+
+
+def measure(
+    cluster: Cluster,
+    *,
+    set_tag: Any,
+    tcpdump: str,
+    idle_s: float,
+    trials: int,
+    rng: random.Random,
+    settle_s: float,
+    say: Any,
+) -> dict[str, Any]:
+    n = cluster.n
+    out: dict[str, Any] = {"system": cluster.name, "nodes": n}
+    say(f"{cluster.name} N={n}: settling {settle_s:.0f} s")
+    time.sleep(settle_s)
+
+    # idle traffic and CPU
+    say(f"{cluster.name} N={n}: idle capture {idle_s:.0f} s")
+    cap = Capture(tcpdump, cluster.port_range(), cluster.work / "idle.pcap")
+    pids = cluster.pids()
+    ticks0 = {p: cpu_ticks(p) for p in pids}
+    t_start = time.time()
+    time.sleep(idle_s)
+    t_end = time.time()
+    ticks = sum(cpu_ticks(p) - ticks0[p] for p in pids)
+    note = cap.stop()
+    nbytes, packets = pcap_bytes(cap.path, t_start, t_end)
+    hz = os.sysconf("SC_CLK_TCK")
+    out["idle_bytes_per_node_per_s"] = round(nbytes / n / (t_end - t_start), 1)
+    out["idle_packets_per_node_per_s"] = round(packets / n / (t_end - t_start), 2)
+    out["cpu_s_per_node_per_min"] = round(ticks / hz / n / ((t_end - t_start) / 60), 3)
+    out["tcpdump"] = note.splitlines()[-1] if note else ""
+
+    # dissemination of one tag change
+    say(f"{cluster.name} N={n}: {trials} tag changes")
+    delays: list[float] = []
+    maxima: list[float] = []
+    spread: list[float] = []  # peers' events minus the origin's own event (Serf)
+    spread_maxima: list[float] = []
+    self_delay: list[float] = []
+    missing = 0
+    for k in range(trials):
+        origin = rng.randrange(1, n)
+        node = cluster.node_name(origin)
+        t0 = time.time()
+        set_tag(origin, f"t{k}")
+        got = cluster.wait_events("update", node, t0, timeout=30, key="tag:trial")
+        missing += (n - 1) - len(got)
+        d = [t - t0 for t in got.values()]
+        if d:
+            delays += d
+            maxima.append(max(d))
+        own = cluster.first_event(node, "update", node, t0, "tag:trial")
+        if own >= 0 and got:
+            self_delay.append(own - t0)
+            sp = [t - own for t in got.values()]
+            spread += sp
+            spread_maxima.append(max(sp))
+        time.sleep(1.0)
+
+    def r4(x: float | None) -> float | None:
+        return None if x is None else round(x, 4)
+
+    out["dissemination"] = {
+        "p50_s": r4(statistics.median(delays) if delays else None),
+        "max_s": r4(statistics.median(maxima) if maxima else None),
+        "worst_max_s": r4(max(maxima) if maxima else None),
+        "per_trial_max_s": [round(m, 4) for m in maxima],
+        "missing": missing,
+    }
+    if self_delay:  # the agent's own event for its own change: its event-delivery delay
+        out["dissemination"]["self_event_delay_s"] = r4(statistics.median(self_delay))
+        out["dissemination"]["from_own_event"] = {
+            "p50_s": r4(statistics.median(spread)),
+            "max_s": r4(statistics.median(spread_maxima)),
+            "worst_max_s": r4(max(spread_maxima)),
+        }
+
+    # failure detection of a SIGKILLed node
+    victim = cluster.node_name(rng.randrange(1, n))
+    say(f"{cluster.name} N={n}: SIGKILL {victim}")
+    t0 = time.time()
+    cluster.kill(victim)
+    got = cluster.wait_events("dead", victim, t0, timeout=90)
+    d = sorted(t - t0 for t in got.values())
+    out["failure_detection"] = {
+        "p50_s": round(statistics.median(d), 3) if d else None,
+        "max_s": round(d[-1], 3) if d else None,
+        "observers": len(d),
+        "missing": (n - 1) - len(d),
+    }
+    if self_delay and d:  # less the event-delivery delay measured above
+        lag = statistics.median(self_delay)
+        out["failure_detection"]["less_event_delay"] = {
+            "p50_s": round(statistics.median(d) - lag, 3),
+            "max_s": round(d[-1] - lag, 3),
+        }
+    time.sleep(2.0)
+    out["false_deaths"] = cluster.false_deaths(victim, t0)
+    out["suspicions"] = cluster.suspicions()
+    return out
+
+
+def run_n(n: int, args: argparse.Namespace, serf: str, tcpdump: str, say: Any) -> list[dict]:
+    rng = random.Random(args.seed * 1000 + n)
+    results = []
+    with tempfile.TemporaryDirectory(prefix=f"serfcmp{n}-") as tmp:
+        s = SerfCluster(n, Path(tmp) / "serf")
+        s.work.mkdir()
+        try:
+            say(f"serf N={n}: starting {n} agents")
+            s.start(serf)
+            t = time.time()
+            if not s.wait_converged(serf, 120):
+                raise RuntimeError(f"serf N={n} did not converge in 120 s")
+            say(f"serf N={n}: all alive everywhere after {time.time() - t:.1f} s")
+            results.append(
+                measure(
+                    s,
+                    set_tag=lambda i, v: s.set_tag(i, v, serf),
+                    tcpdump=tcpdump,
+                    idle_s=args.idle,
+                    trials=args.trials,
+                    rng=rng,
+                    settle_s=args.settle,
+                    say=say,
+                )
+            )
+        finally:
+            s.stop()
+        r = RumorCluster(n, Path(tmp) / "rumor")
+        r.work.mkdir()
+        try:
+            say(f"rumor N={n}: starting {n} daemons")
+            r.start(args.interval, args.fanout)
+            t = time.time()
+            if not r.wait_converged(180):
+                raise RuntimeError(f"rumor N={n} did not converge in 180 s")
+            r.load_state()
+            say(f"rumor N={n}: all alive everywhere after {time.time() - t:.1f} s, 4 KB tags set")
+            results.append(
+                measure(
+                    r,
+                    set_tag=r.set_tag,
+                    tcpdump=tcpdump,
+                    idle_s=args.idle,
+                    trials=args.trials,
+                    rng=rng,
+                    settle_s=args.settle,
+                    say=say,
+                )
+            )
+        finally:
+            r.stop()
+    return results
+
+
+def ratios(serf: dict[str, Any], rumor: dict[str, Any]) -> dict[str, Any]:
+    """rumor / Serf.  Serf's agent delivers member events through a coalescer
+    (about 1 s of quiet first), so the primary ratios use Serf's protocol-level
+    figures (its peers' events less its origin's own event; detection less that
+    delay) against rumor's end-to-end figures, which favours Serf."""
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    sd, rd = serf["dissemination"], rumor["dissemination"]
+    sf, rf = serf["failure_detection"], rumor["failure_detection"]
+    s_proto = sd.get("from_own_event", sd)
+    s_detect = sf.get("less_event_delay", sf)
+    return {
+        "nodes": serf["nodes"],
+        "dissemination_max": ratio(rd["max_s"], s_proto["max_s"]),
+        "dissemination_worst_max": ratio(rd["worst_max_s"], s_proto["worst_max_s"]),
+        "dissemination_p50": ratio(rd["p50_s"], s_proto["p50_s"]),
+        "dissemination_max_end_to_end": ratio(rd["max_s"], sd["max_s"]),
+        "failure_detection_max": ratio(rf["max_s"], s_detect["max_s"]),
+        "failure_detection_max_end_to_end": ratio(rf["max_s"], sf["max_s"]),
+        "idle_bytes": ratio(rumor["idle_bytes_per_node_per_s"], serf["idle_bytes_per_node_per_s"]),
+        "cpu": ratio(rumor["cpu_s_per_node_per_min"], serf["cpu_s_per_node_per_min"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", default="10,40,100", help="comma-separated cluster sizes")
+    ap.add_argument("--trials", type=int, default=5, help="tag changes per system and N")
+    ap.add_argument("--idle", type=float, default=60.0, help="idle capture window, s")
+    ap.add_argument("--settle", type=float, default=10.0, help="wait after convergence, s")
+    ap.add_argument("--interval", type=float, default=0.2, help="rumor gossip interval, s")
+    ap.add_argument("--fanout", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    try:
+        sizes = [int(x) for x in args.nodes.split(",") if x]
+    except ValueError:
+        ap.error("--nodes must be comma-separated integers")
+    if not sizes or min(sizes) < 3 or max(sizes) > 1000:
+        ap.error("--nodes: each size must be in 3..1000")
+    serf = ensure_tool("serf", "serf")
+    tcpdump = ensure_tool("tcpdump", "tcpdump")
+    version = subprocess.run([serf, "version"], capture_output=True, text=True).stdout.split("\n")[0]
+
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    runs: list[dict[str, Any]] = []
+    for n in sizes:
+        runs += run_n(n, args, serf, tcpdump, say)
+    by = {(r["system"], r["nodes"]): r for r in runs}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores",
+        "serf": version,
+        "settings": {"interval_s": args.interval, "fanout": args.fanout, "tag_bytes": TAG_BYTES},
+        "runs": runs,
+        "ratios": [ratios(by[("serf", n)], by[("rumor", n)]) for n in sizes],
+    }
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"rumor vs {report['serf']} ({report['machine']}, {report['date']})")
+    for col in ("N", "system", "dissem p50", "dissem max", "detect max", "false deaths",
+                "idle B/node/s", "CPU s/node/min"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in report["runs"]:
+        table.add_row(
+            str(r["nodes"]), r["system"], f"{r['dissemination']['p50_s']}",
+            f"{r['dissemination']['max_s']}", f"{r['failure_detection']['max_s']}",
+            str(r["false_deaths"]), f"{r['idle_bytes_per_node_per_s']}",
+            f"{r['cpu_s_per_node_per_min']}",
+        )  # fmt: skip
+    Console().print(table)
+    Console().print(json.dumps(report["ratios"], indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
