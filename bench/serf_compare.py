@@ -57,7 +57,7 @@ def ensure_tool(binary: str, package: str) -> str:
     if path:
         return path
     if os.geteuid() != 0:
-        sys.exit(f"serf_compare: {binary} is missing and this is not root: apt-get install {package}")
+        sys.exit(f"serf_compare: {binary} is missing and this is not root: apt install {package}")
     print(f"installing {package} with apt ...", file=sys.stderr)
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,8 +105,19 @@ class Capture:
     def __init__(self, tcpdump: str, ports: tuple[int, int], path: Path) -> None:
         self.path = path
         self.proc = subprocess.Popen(
-            [tcpdump, "-i", "lo", "-n", "-s", "96", "-B", "16384", "-w", str(path),
-             f"portrange {ports[0]}-{ports[1]}"],
+            [
+                tcpdump,
+                "-i",
+                "lo",
+                "-n",
+                "-s",
+                "96",
+                "-B",
+                "16384",
+                "-w",
+                str(path),
+                f"portrange {ports[0]}-{ports[1]}",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -177,9 +188,13 @@ class Cluster:
 
     def first_event(self, node: str, kind: str, member: str, after: float, key: str = "") -> float:
         for ev in self.events.get(node, []):
-            if ev.kind == kind and ev.member == member and ev.t >= after:
-                if not key or key in ev.keys:
-                    return ev.t
+            if (
+                ev.kind == kind
+                and ev.member == member
+                and ev.t >= after
+                and (not key or key in ev.keys)
+            ):
+                return ev.t
         return -1.0
 
     def wait_events(
@@ -256,10 +271,10 @@ class SerfCluster(Cluster):
             ]  # fmt: skip
             if i:
                 cmd += [f"-retry-join={HOST}:{self.gossip_base}", "-retry-interval=1s"]
-            log = open(self.work / f"{node}.log", "wb")
-            self.procs[node] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            with open(self.work / f"{node}.log", "wb") as log:  # the child keeps its copy
+                self.procs[node] = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
             if i == 0:
                 time.sleep(0.5)
 
@@ -305,17 +320,18 @@ class RumorCluster(Cluster):
         for i, node in enumerate(self.names()):
             cmd = [
                 sys.executable, "-m", "node.cli", "node", "--name", node,
-                "--gossip", f"{HOST}:{self.gossip_base + i}", "--http", f"{HOST}:{self.http_base + i}",
+                "--gossip", f"{HOST}:{self.gossip_base + i}",
+                "--http", f"{HOST}:{self.http_base + i}",
                 "--interval", str(interval), "--fanout", str(fanout),
                 "--log-json", "--log-level", "debug",
             ]  # fmt: skip
             if i:
                 cmd += ["--join", f"{HOST}:{self.gossip_base}"]
-            err = open(self.event_file(node), "wb")
-            self.procs[node] = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True,
-                cwd=ROOT,
-            )  # fmt: skip
+            with open(self.event_file(node), "wb") as err:  # the child keeps its copy
+                self.procs[node] = subprocess.Popen(
+                    cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True,
+                    cwd=ROOT,
+                )  # fmt: skip
             if i == 0:
                 time.sleep(1.0)
 
@@ -574,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--nodes: each size must be in 3..1000")
     serf = ensure_tool("serf", "serf")
     tcpdump = ensure_tool("tcpdump", "tcpdump")
-    version = subprocess.run([serf, "version"], capture_output=True, text=True).stdout.split("\n")[0]
+    version = subprocess.run([serf, "version"], capture_output=True, text=True).stdout
+    version = "serf " + version.split("\n")[0].removeprefix("Serf ")
 
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
