@@ -106,6 +106,14 @@ class _Collector:
             fam = CounterMetricFamily(metric, doc)
             fam.add_metric([], c.get(key, 0))
             yield fam
+        every = CounterMetricFamily(
+            "rumor_gossip_counter",
+            "every gossip-core counter: datagrams_in, dropped_<reason>, msg_<type>, probes, ...",
+            labels=["counter"],
+        )
+        for key in sorted(c):
+            every.add_metric([key], c[key])
+        yield every
         members = GaugeMetricFamily("rumor_members", "members by status", labels=["status"])
         counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
         for m in d.node.members.values():
