@@ -154,6 +154,8 @@ class Cluster:
     events: dict[str, list[Event]] = field(default_factory=dict)
     name = "?"
     gossip_base = 0
+    #: The agent holds member events back before delivering them (Serf: 1 s of quiet).
+    coalesces = False
 
     def names(self) -> list[str]:
         return [self.node_name(i) for i in range(self.n)]
@@ -234,21 +236,26 @@ class Cluster:
         for p in self.procs.values():
             p.wait(10)
 
-    def false_deaths(self, killed: str, killed_at: float) -> int:
+    def false_deaths(self, killed: str, killed_at: float, since: float = 0.0) -> int:
         self.poll_events()
         bad = 0
         for evs in self.events.values():
             for ev in evs:
+                if ev.t < since:
+                    continue
                 if ev.kind == "dead" and (ev.member != killed or ev.t < killed_at):
                     bad += 1
         return bad
 
-    def suspicions(self) -> int:
-        return sum(ev.kind == "suspect" for evs in self.events.values() for ev in evs)
+    def suspicions(self, since: float = 0.0) -> int:
+        return sum(
+            ev.kind == "suspect" and ev.t >= since for evs in self.events.values() for ev in evs
+        )
 
 
 class SerfCluster(Cluster):
     name = "serf"
+    coalesces = True
     gossip_base = 20000
     rpc_base = 21000
 
@@ -329,11 +336,15 @@ class RumorCluster(Cluster):
                 cmd += ["--join", f"{HOST}:{self.gossip_base}"]
             with open(self.event_file(node), "wb") as err:  # the child keeps its copy
                 self.procs[node] = subprocess.Popen(
-                    cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True,
+                    cmd, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
                     cwd=ROOT,
                 )  # fmt: skip
-            if i == 0:
-                time.sleep(1.0)
+            # One boot at a time (each is ~0.4 CPU-seconds of imports): 100
+            # Python processes booting at once starve the 2 cores for a minute.
+            out = self.procs[node].stdout
+            assert out is not None
+            if not out.readline():
+                raise RuntimeError(f"{node} did not start; see {self.event_file(node)}")
 
     def view(self, client: httpx.Client, i: int) -> dict[str, Any] | None:
         try:
@@ -362,6 +373,7 @@ class RumorCluster(Cluster):
             for i in range(self.n):
                 r = client.put(f"{self.http(i)}/v1/node/tags", json=self._tags("0"), timeout=10)
                 r.raise_for_status()
+                time.sleep(0.05)  # 4 KB x N of new state, spread over a few seconds
 
     def _tags(self, trial: str) -> dict[str, str]:
         return {"blob": "x" * TAG_BYTES, "trial": trial}
@@ -378,9 +390,12 @@ class RumorCluster(Cluster):
         kind = rec.get("event")
         if not kind:
             return None
-        kind = {"member-update": "update", "member-dead": "dead", "member-suspect": "suspect"}.get(
-            kind, kind
-        )
+        kind = {
+            "member-update": "update",
+            "local-update": "update",  # the origin's own log line for its change
+            "member-dead": "dead",
+            "member-suspect": "suspect",
+        }.get(kind, kind)
         return Event(float(rec["time"]), kind, str(rec.get("member")), tuple(rec.get("keys", ())))
 
 
@@ -400,8 +415,20 @@ def measure(
 ) -> dict[str, Any]:
     n = cluster.n
     out: dict[str, Any] = {"system": cluster.name, "nodes": n}
-    say(f"{cluster.name} N={n}: settling {settle_s:.0f} s")
-    time.sleep(settle_s)
+    say(f"{cluster.name} N={n}: waiting for {settle_s:.0f} s without a suspicion or death")
+    t_settle = time.time()
+    quiet_since = time.time()
+    seen = -1
+    while time.time() - quiet_since < settle_s and time.time() - t_settle < 300:
+        cluster.poll_events()
+        noisy = sum(ev.kind in ("suspect", "dead") for evs in cluster.events.values() for ev in evs)
+        if noisy != seen:
+            seen, quiet_since = noisy, time.time()
+        time.sleep(0.5)
+    out["settle_s"] = round(time.time() - t_settle, 1)
+    out["startup_suspicions"] = cluster.suspicions()
+    out["startup_deaths"] = cluster.false_deaths("", time.time())
+    measured_from = time.time()
 
     # idle traffic and CPU
     say(f"{cluster.name} N={n}: idle capture {idle_s:.0f} s")
@@ -478,15 +505,15 @@ def measure(
         "observers": len(d),
         "missing": (n - 1) - len(d),
     }
-    if self_delay and d:  # less the event-delivery delay measured above
+    if cluster.coalesces and self_delay and d:  # less the event-delivery delay measured above
         lag = statistics.median(self_delay)
         out["failure_detection"]["less_event_delay"] = {
             "p50_s": round(statistics.median(d) - lag, 3),
             "max_s": round(d[-1] - lag, 3),
         }
     time.sleep(2.0)
-    out["false_deaths"] = cluster.false_deaths(victim, t0)
-    out["suspicions"] = cluster.suspicions()
+    out["false_deaths"] = cluster.false_deaths(victim, t0, since=measured_from)
+    out["suspicions"] = cluster.suspicions(since=measured_from)
     return out
 
 
@@ -546,9 +573,11 @@ def run_n(n: int, args: argparse.Namespace, serf: str, tcpdump: str, say: Any) -
 
 def ratios(serf: dict[str, Any], rumor: dict[str, Any]) -> dict[str, Any]:
     """rumor / Serf.  Serf's agent delivers member events through a coalescer
-    (about 1 s of quiet first), so the primary ratios use Serf's protocol-level
-    figures (its peers' events less its origin's own event; detection less that
-    delay) against rumor's end-to-end figures, which favours Serf."""
+    (about 1 s of quiet first), so the primary ratios compare protocol-level
+    figures: dissemination from the origin's own event (Serf: its own
+    member-update; rumor: its `local-update` log line) to each peer's event, and
+    Serf's detection less its measured event-delivery delay.  End-to-end ratios
+    (from the moment the change or the kill was issued) are reported too."""
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
@@ -556,12 +585,13 @@ def ratios(serf: dict[str, Any], rumor: dict[str, Any]) -> dict[str, Any]:
     sd, rd = serf["dissemination"], rumor["dissemination"]
     sf, rf = serf["failure_detection"], rumor["failure_detection"]
     s_proto = sd.get("from_own_event", sd)
+    r_proto = rd.get("from_own_event", rd)
     s_detect = sf.get("less_event_delay", sf)
     return {
         "nodes": serf["nodes"],
-        "dissemination_max": ratio(rd["max_s"], s_proto["max_s"]),
-        "dissemination_worst_max": ratio(rd["worst_max_s"], s_proto["worst_max_s"]),
-        "dissemination_p50": ratio(rd["p50_s"], s_proto["p50_s"]),
+        "dissemination_max": ratio(r_proto["max_s"], s_proto["max_s"]),
+        "dissemination_worst_max": ratio(r_proto["worst_max_s"], s_proto["worst_max_s"]),
+        "dissemination_p50": ratio(r_proto["p50_s"], s_proto["p50_s"]),
         "dissemination_max_end_to_end": ratio(rd["max_s"], sd["max_s"]),
         "failure_detection_max": ratio(rf["max_s"], s_detect["max_s"]),
         "failure_detection_max_end_to_end": ratio(rf["max_s"], sf["max_s"]),
@@ -575,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", default="10,40,100", help="comma-separated cluster sizes")
     ap.add_argument("--trials", type=int, default=5, help="tag changes per system and N")
     ap.add_argument("--idle", type=float, default=60.0, help="idle capture window, s")
-    ap.add_argument("--settle", type=float, default=10.0, help="wait after convergence, s")
+    ap.add_argument(
+        "--settle", type=float, default=10.0, help="quiet time (no suspicion) before measuring, s"
+    )
     ap.add_argument("--interval", type=float, default=0.2, help="rumor gossip interval, s")
     ap.add_argument("--fanout", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)

@@ -220,6 +220,15 @@ class Daemon:
             raise ValueError(str(e)) from None
         for k in sorted(set(old) - set(tags)):
             self.node.delete_key(TAG_PREFIX + k, now)
+        changed = sorted(k for k in set(tags) | set(old) if tags.get(k) != old.get(k))
+        log.info(
+            "tags set",
+            extra={
+                "event": "local-update",
+                "member": self.name,
+                "keys": [TAG_PREFIX + k for k in changed],
+            },
+        )
         self.gossip.kick()
         if self.config.data_dir:  # operator data: survives a restart
             _atomic_write(Path(self.config.data_dir) / "tags.json", json.dumps(tags).encode())
