@@ -24,6 +24,13 @@ def add_sim_parser(sub: Any) -> None:
     sim.add_argument("--fanout", type=int, help="gossip fanout (default 3)")
     sim.add_argument("--loss", type=float, help="packet loss, 0..1 (default 0)")
     sim.add_argument("--latency-ms", type=float, help="one-way latency, ms (default 1)")
+    sim.add_argument("--jitter-ms", type=float, help="extra uniform delay, ms (default 0.5)")
+    sim.add_argument(
+        "--cores",
+        type=int,
+        help="host CPU model: all nodes share this many cores (default 0: off)",
+    )
+    sim.add_argument("--cpu-us", type=float, help="host CPU model: CPU per message, microseconds")
     sim.add_argument("--duration", type=float, help="simulated seconds (default 60)")
     sim.add_argument("--kill-at", type=float, help="kill a random node at this time, s")
     sim.add_argument("--scenario", metavar="FILE.toml", help="a scenario: settings and events")
@@ -71,6 +78,9 @@ def run_sim_command(args: argparse.Namespace) -> int:
             fanout=args.fanout,
             loss=args.loss,
             latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
+            cores=args.cores,
+            cpu_us=args.cpu_us,
             duration=args.duration,
         )
         if args.kill_at is not None:

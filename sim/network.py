@@ -34,6 +34,17 @@ class LinkModel:
 
 
 @dataclass
+class HostModel:
+    """CPU as a shared resource, for simulating many daemons on one machine (or
+    slow nodes): every delivered message costs `per_message` seconds of CPU on
+    one of `cores` cores, and a node handles one message at a time. Messages
+    wait for a free core and for their node, as on a real, busy host."""
+
+    cores: int = 2
+    per_message: float = 0.0005
+
+
+@dataclass
 class SimNode:
     name: str
     addr: Addr
@@ -44,6 +55,7 @@ class SimNode:
     drift: float = 0.0
     drift_since: float = 0.0
     egress_free_at: float = 0.0  # bandwidth cap: when the node's link is next idle
+    busy_until: float = 0.0  # host model: when the node's process is next free
     events: list[tuple[float, GossipEvent]] = field(default_factory=list)
     next_tick: float = float("inf")
 
@@ -57,8 +69,11 @@ class SimNetwork:
         keyring: Keyring | None = None,
         start: float = 1_000.0,
         bandwidth: float | None = None,
+        host: HostModel | None = None,
     ) -> None:
         self.bandwidth = bandwidth  # bytes per second per node, None for unlimited
+        self.host = host
+        self._cores = [0.0] * host.cores if host else []  # a heap of core free times
         self.seed = seed
         self.link = link or LinkModel()
         self.config = config or GossipConfig()
@@ -202,7 +217,22 @@ class SimNetwork:
             if sn.alive:
                 sn.next_tick = self.now
                 self._schedule(self.now, "tick", sn.name)
+        elif kind in ("datagram", "frame") and self.host is not None:
+            # Arrived in the socket buffer: wait for the node and a free core.
+            dst = self.by_addr.get(payload[1].dst)
+            sender = self.by_addr.get(payload[0])
+            if dst is None or not dst.alive:
+                return True
+            if sender is not None and (dst.name, sender.name) in self.grudges:
+                return True
+            core_free = heapq.heappop(self._cores)
+            start = max(self.now, core_free, dst.busy_until)
+            done = start + self.host.per_message
+            heapq.heappush(self._cores, done)
+            dst.busy_until = done
+            self._schedule(done, "handle-" + kind, payload)
         else:
+            kind = kind.removeprefix("handle-")
             src, out = payload
             dst = self.by_addr.get(out.dst)
             if dst is None or not dst.alive:
@@ -274,6 +304,7 @@ def bootstrap(
     prefix: str = "node",
     bandwidth: float | None = None,
     state: dict[str, Any] | None = None,
+    host: HostModel | None = None,
 ) -> SimNetwork:
     """N nodes that already know each other (a warm start), for steady-state
     measurements at sizes where replaying N joins would dominate the run.
@@ -282,7 +313,9 @@ def bootstrap(
     takes (records applied as deltas), so the state is exactly what joins
     would have produced, minus the join traffic.
     """
-    net = SimNetwork(seed, link=link, config=config, keyring=keyring, bandwidth=bandwidth)
+    net = SimNetwork(
+        seed, link=link, config=config, keyring=keyring, bandwidth=bandwidth, host=host
+    )
     for i in range(n):
         net.add_node(f"{prefix}{i}")
     nodes = list(net.nodes.values())

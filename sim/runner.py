@@ -26,7 +26,7 @@ from gossip.config import GossipConfig
 from gossip.core import EventType
 from gossip.crypto import Keyring
 
-from .network import LinkModel, SimNetwork, bootstrap
+from .network import HostModel, LinkModel, SimNetwork, bootstrap
 from .scenario import Event, Scenario
 
 SLICE = 0.1  # simulated seconds between scenario checks and samples
@@ -69,14 +69,26 @@ def run_scenario(
         duplicate=scn.duplicate,
     )
     keyring = Keyring.generate(random.Random(scn.seed)) if scn.encrypt else None
+    host = HostModel(scn.cores, scn.cpu_us / 1e6) if scn.cores else None
     names = [f"node{i}" for i in range(scn.nodes)]
     if scn.warm_start:
         net = bootstrap(
-            scn.nodes, scn.seed, link=link, config=config, keyring=keyring, bandwidth=scn.bandwidth
+            scn.nodes,
+            scn.seed,
+            link=link,
+            config=config,
+            keyring=keyring,
+            bandwidth=scn.bandwidth,
+            host=host,
         )
     else:
         net = SimNetwork(
-            scn.seed, link=link, config=config, keyring=keyring, bandwidth=scn.bandwidth
+            scn.seed,
+            link=link,
+            config=config,
+            keyring=keyring,
+            bandwidth=scn.bandwidth,
+            host=host,
         )
         net.add_node(names[0])
         for n in names[1:]:

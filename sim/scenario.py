@@ -70,6 +70,10 @@ class Scenario:
     duplicate: float = 0.0
     duration: float = 60.0
     bandwidth: float | None = None  # bytes/s per node
+    #: Host CPU model (0 = off): every node shares `cores` cores and each message
+    #: costs `cpu_us` microseconds, as when many daemons run on one machine.
+    cores: int = 0
+    cpu_us: float = 0.0
     #: Start with every node knowing every other (steady state); false replays joins.
     warm_start: bool = True
     #: A random live node writes a key every this many seconds (0 for none).
@@ -93,6 +97,8 @@ class Scenario:
             "bandwidth",
             "a positive number of bytes/s",
         )
+        _check(type(self.cores) is int and self.cores >= 0, "cores", "an integer >= 0 (0: off)")
+        _check(_num(self.cpu_us) and self.cpu_us >= 0, "cpu_us", ">= 0")
         names = {f"node{i}" for i in range(self.nodes)}
         for i, ev in enumerate(self.events):
             where = f"event[{i}]"

@@ -1,0 +1,233 @@
+"""Does `rumor sim` predict what real daemons do?  Loopback against the simulator.
+
+    .venv/bin/python bench/sim_fidelity.py                  # N = 10 and 40
+    .venv/bin/python bench/sim_fidelity.py --nodes 10 --trials 10 --json
+
+1. Calibrate, on 2 real daemons only: the CPU one daemon spends per gossip
+   message it handles (CPU ticks over a burst of 1,000 changes, less the idle
+   rate), and the one-hop delay (peer's event time minus origin's own
+   `local-update` time).  The simulator's link latency is the hop delay less
+   that CPU; its host model is this machine's cores, shared by all nodes.
+2. Measure N real daemons on loopback: `--trials` tag changes (each peer's
+   own event time minus the origin's), and `--kills` SIGKILLs (each peer's
+   `member-dead` event minus the kill).
+3. Run the same scenario through the simulator (`sim.runner.run_scenario`, as
+   `rumor sim --scenario` does), over `--seeds` seeds, with the calibrated
+   model, and compare: dissemination p50 (over every peer of every change),
+   max (median over changes of the slowest peer) and detection (slowest
+   observer, median over kills).  The target is within ±20%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.serf_compare import RumorCluster, cpu_ticks  # noqa: E402
+from sim.runner import run_scenario  # noqa: E402
+from sim.scenario import Event, Scenario  # noqa: E402
+
+
+def wait_quiet(c: RumorCluster, quiet_s: float, limit: float = 180) -> None:
+    t0, since, seen = time.time(), time.time(), -1
+    while time.time() - since < quiet_s and time.time() - t0 < limit:
+        c.poll_events()
+        noisy = sum(ev.kind in ("suspect", "dead") for evs in c.events.values() for ev in evs)
+        if noisy != seen:
+            seen, since = noisy, time.time()
+        time.sleep(0.3)
+
+
+def counter(c: RumorCluster, i: int, key: str) -> float:
+    import re
+
+    text = httpx.get(f"{c.http(i)}/metrics", timeout=5).text
+    m = re.search(rf'counter="{key}"\}} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def calibrate(tmp: Path, changes: int, say: Any) -> dict[str, float]:
+    c = RumorCluster(2, tmp / "cal")
+    c.work.mkdir()
+    try:
+        c.start(0.2, 3)
+        c.wait_converged(30)
+        wait_quiet(c, 2)
+        pid = c.procs["r1"].pid
+        hz = os.sysconf("SC_CLK_TCK")
+        # idle rate of the receiver
+        t0, k0, m0 = time.time(), cpu_ticks(pid), counter(c, 1, "datagrams_in")
+        time.sleep(5)
+        idle_cpu = (cpu_ticks(pid) - k0) / hz / (time.time() - t0)
+        idle_msgs = (counter(c, 1, "datagrams_in") - m0) / (time.time() - t0)
+        say(f"calibration: {changes} changes on r0, watching r1")
+        hops = []
+        t0, k0, m0 = time.time(), cpu_ticks(pid), counter(c, 1, "datagrams_in")
+        with httpx.Client() as client:
+            for k in range(changes):
+                client.put(f"{c.http(0)}/v1/node/tags", json={"k": str(k)}, timeout=5)
+                if k % 50 == 49:
+                    c.poll_events()
+        time.sleep(1.0)
+        took = time.time() - t0
+        cpu = (cpu_ticks(pid) - k0) / hz - idle_cpu * took
+        msgs = (counter(c, 1, "datagrams_in") - m0) - idle_msgs * took
+        c.poll_events()
+        own = sorted(ev.t for ev in c.events.get("r0", []) if ev.kind == "update")
+        got = sorted(
+            ev.t for ev in c.events.get("r1", []) if ev.kind == "update" and ev.member == "r0"
+        )
+        # pair each change with the first peer event after it
+        j = 0
+        for t in own[-changes:]:
+            while j < len(got) and got[j] < t:
+                j += 1
+            if j < len(got):
+                hops.append(got[j] - t)
+        hops.sort()
+        per_msg = cpu / max(1.0, msgs)
+        return {
+            "cpu_per_message_us": round(per_msg * 1e6, 1),
+            "hop_p50_ms": round(statistics.median(hops) * 1e3, 3),
+            "hop_p90_ms": round(hops[int(len(hops) * 0.9)] * 1e3, 3),
+            "messages": int(msgs),
+        }
+    finally:
+        c.stop()
+
+
+def measure(n: int, tmp: Path, trials: int, kills: int, rng: random.Random, say: Any) -> dict:
+    c = RumorCluster(n, tmp / f"n{n}")
+    c.work.mkdir()
+    try:
+        say(f"loopback N={n}: starting")
+        c.start(0.2, 3)
+        if not c.wait_converged(180):
+            raise RuntimeError(f"N={n} did not converge")
+        wait_quiet(c, 5)
+        delays, maxima = [], []
+        for k in range(trials):
+            origin = rng.randrange(1, n)
+            node = c.node_name(origin)
+            t0 = time.time()
+            httpx.put(f"{c.http(origin)}/v1/node/tags", json={"trial": str(k)}, timeout=5)
+            got = c.wait_events("update", node, t0, timeout=10, key="tag:trial")
+            own = c.first_event(node, "update", node, t0, "tag:trial")
+            if own >= 0 and got:
+                d = [t - own for t in got.values()]
+                delays += d
+                maxima.append(max(d))
+            time.sleep(0.7)
+        det = []
+        victims = rng.sample(range(1, n), kills)
+        for v in victims:
+            name = c.node_name(v)
+            t0 = time.time()
+            c.kill(name)
+            got = c.wait_events("dead", name, t0, timeout=30)
+            if got:
+                det.append(max(got.values()) - t0)
+            time.sleep(3.0)
+        return {
+            "p50_s": statistics.median(delays),
+            "max_s": statistics.median(maxima),
+            "detection_s": statistics.median(det),
+            "trials": len(maxima),
+            "kills": len(det),
+        }
+    finally:
+        c.stop()
+
+
+def simulate(n: int, cal: dict[str, float], trials: int, kills: int, seeds: int) -> dict:
+    cpu_us = cal["cpu_per_message_us"]
+    latency_ms = max(0.01, cal["hop_p50_ms"] - cpu_us / 1000)
+    jitter_ms = max(0.0, cal["hop_p90_ms"] - cal["hop_p50_ms"])
+    delays, maxima, det = [], [], []
+    for seed in range(1, seeds + 1):
+        events = [Event(2.0 + 1.0 * k, "update", {}) for k in range(trials)]
+        t = 3.0 + trials
+        for _ in range(kills):
+            events.append(Event(t, "kill", {}))
+            t += 6.0
+        scn = Scenario(
+            nodes=n, seed=seed, duration=t + 6, latency_ms=latency_ms, jitter_ms=jitter_ms,
+            cores=os.cpu_count() or 2, cpu_us=cpu_us, updates_every=0, events=tuple(events),
+        )  # fmt: skip
+        r = run_scenario(scn)
+        per = r["dissemination"]["per_update"]
+        maxima += [u["max_s"] for u in per]
+        delays.append(r["dissemination"]["p50_s"])
+        if "failure_detection" in r:
+            det.append(r["failure_detection"]["max_s"])
+    return {
+        "p50_s": statistics.median(delays),
+        "max_s": statistics.median(maxima),
+        "detection_s": statistics.median(det),
+        "model": {
+            "latency_ms": round(latency_ms, 3),
+            "jitter_ms": round(jitter_ms, 3),
+            "cores": os.cpu_count(),
+            "cpu_us": cpu_us,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", default="10,40")
+    ap.add_argument("--trials", type=int, default=20, help="tag changes per N")
+    ap.add_argument("--kills", type=int, default=3, help="SIGKILLs per N")
+    ap.add_argument("--seeds", type=int, default=5, help="simulator seeds per N")
+    ap.add_argument("--calibration-changes", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.nodes.split(",") if x]
+
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    rng = random.Random(args.seed)
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores",
+    }
+    with tempfile.TemporaryDirectory(prefix="rumor-fidelity-") as tmp:
+        cal = calibrate(Path(tmp), args.calibration_changes, say)
+        report["calibration"] = cal
+        say(f"calibration: {cal}")
+        rows = []
+        for n in sizes:
+            real = measure(n, Path(tmp), args.trials, args.kills, rng, say)
+            say(f"simulating N={n}")
+            sim = simulate(n, cal, args.trials, args.kills, args.seeds)
+            row: dict[str, Any] = {"nodes": n, "loopback": {}, "sim": {}, "sim_over_loopback": {}}
+            for key in ("p50_s", "max_s", "detection_s"):
+                row["loopback"][key] = round(real[key], 4)
+                row["sim"][key] = round(sim[key], 4)
+                row["sim_over_loopback"][key] = round(sim[key] / real[key], 3)
+            row["sim"]["model"] = sim["model"]
+            row["within_20pct"] = all(0.8 <= v <= 1.2 for v in row["sim_over_loopback"].values())
+            rows.append(row)
+            say(f"N={n}: {row['sim_over_loopback']}")
+        report["rows"] = rows
+    print(json.dumps(report, indent=None if args.json else 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
