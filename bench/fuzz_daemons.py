@@ -353,6 +353,13 @@ def run_fuzz(budget: int, seed: int = 1, http_requests: int = 2000, say: Any = N
             if not report["converged_and_serving"]:
                 report["final_views"] = d.state()
                 report["final_infer"] = [r.status_code, r.text[:300]]
+        except BaseException:
+            keep = ROOT / "out" / "fuzz-logs"
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in Path(tmp).glob("*.log"):
+                (keep / f.name).write_bytes(f.read_bytes())
+            print(f"daemon logs kept in {keep}", file=sys.stderr)
+            raise
         finally:
             sock.close()
             d.stop()

@@ -168,7 +168,9 @@ class GossipRuntime:
     def _send_datagram(self, out: Datagram) -> None:
         try:
             self._raw.sendto(out.data, out.dst)
-        except OSError as e:
+        except (OSError, ValueError, TypeError, OverflowError) as e:
+            # An unreachable or unusable address (the wire layer admits IP
+            # literals only, so this is a peer's bad data): never fatal.
             log.debug("send to %s failed: %s", out.dst, e)
 
     async def _send_frame(self, out: StreamFrame) -> None:
@@ -177,7 +179,7 @@ class GossipRuntime:
                 stream = await trio.open_tcp_stream(*out.dst)
                 async with stream:
                     await stream.send_all(_LEN.pack(len(out.data)) + out.data)
-        except OSError as e:
+        except (OSError, ValueError, TypeError, OverflowError) as e:
             log.debug("stream to %s failed: %s", out.dst, e)
 
     async def _recv_loop(self) -> None:

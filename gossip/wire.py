@@ -15,6 +15,7 @@ complete, well-typed `Message` or raises `RemoteProtocolError`.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,6 +231,10 @@ def _parse_addr(o: object, what: str) -> Addr:
         raise _fail(f"{what}: expected [host, port]")
     if not 0 < port < 65536:
         raise _fail(f"{what}: port out of range")
+    try:  # gossip addresses are bound sockets' addresses: IP literals, never names
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise _fail(f"{what}: {host[:64]!r} is not an IP address") from None
     return (host, port)
 
 

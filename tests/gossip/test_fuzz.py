@@ -141,3 +141,21 @@ def test_bad_crdt_blob_drops_the_whole_message() -> None:
     a.receive_datagram(Sealer(KEY, random.Random(9)).seal(encode_message(msg)), SRC, 1.0)
     assert a.counters["dropped_bad_payload"] == 1
     assert _snapshot(a) == before and "zed" not in a.members and "b" not in a.members
+
+
+def test_addresses_must_be_ip_literals() -> None:
+    """Found by bench/fuzz_daemons.py: a keyholder's PING_REQ whose target host
+    held a NUL made sendto raise TypeError and took the daemon down. Addresses
+    on the wire are IP literals or the whole message is dropped."""
+    from gossip.crypto import Sealer
+    from gossip.wire import Message, encode_message
+
+    a, _ = _pair(KEY)
+    sealer = Sealer(KEY, random.Random(11))
+    for host in ("10.0.0.\x007", "example.com", "", "1.2.3.4.5"):
+        msg = Message(MsgType.PING_REQ, "b", 1, SRC, seq=1, target="c", target_addr=(host, 7000))
+        before = _snapshot(a)
+        a.receive_datagram(sealer.seal(encode_message(msg)), SRC, 1.0)
+        assert _snapshot(a) == before
+        assert a.take_outgoing() == []  # nothing is sent to such an address
+    assert a.counters["dropped_malformed"] == 4

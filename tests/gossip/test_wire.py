@@ -21,7 +21,7 @@ from gossip.wire import (
 
 NAMES = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12)
 U = st.integers(0, 2**63)
-ADDR = st.tuples(st.sampled_from(["127.0.0.1", "::1", "node.example"]), st.integers(1, 65535))
+ADDR = st.tuples(st.sampled_from(["127.0.0.1", "::1", "10.1.2.3"]), st.integers(1, 65535))
 RUMOR = st.builds(
     Rumor, NAMES, U, U, st.sampled_from(list(Status)), ADDR, st.lists(NAMES, max_size=3).map(tuple)
 )
