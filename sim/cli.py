@@ -55,6 +55,16 @@ def add_sim_parser(sub: Any) -> None:
     routing.add_argument("--interval", default="0.2,1,2", help="gossip interval, s")
     routing.add_argument("--service-ms", type=float, default=100.0, help="mean service time")
     routing.add_argument("--requests", type=int, default=20_000, help="requests per cell")
+    routing.add_argument(
+        "--batch-max", type=int, default=1, help="requests a node serves at once (default 1)"
+    )
+    routing.add_argument(
+        "--busy-queue",
+        type=int,
+        default=3,
+        help="rumor's admission control: a node this deep answers busy (default 3)",
+    )
+    routing.add_argument("--retries", type=int, default=3, help="rumor's busy retries (default 3)")
     routing.add_argument("--seed", type=int, default=1, dest="r_seed")
     routing.add_argument("--json", action="store_true", dest="r_json")
     routing.add_argument("--plot", metavar="OUT.png", dest="r_plot")
@@ -236,6 +246,8 @@ def run_routing_command(args: argparse.Namespace) -> int:
             raise ValueError("--load: each value must be within (0, 1)")
         if args.r_nodes < 2 or min(routers) < 1 or min(intervals) <= 0 or args.service_ms <= 0:
             raise ValueError("--nodes >= 2, --routers >= 1, --interval > 0, --service-ms > 0")
+        if args.batch_max < 1 or args.busy_queue < 1 or args.retries < 0:
+            raise ValueError("--batch-max >= 1, --busy-queue >= 1, --retries >= 0")
     except ValueError as e:
         return _fail(str(e))
     cells = [(p, r, ld, iv) for r in routers for ld in loads for iv in intervals for p in policies]
@@ -252,6 +264,9 @@ def run_routing_command(args: argparse.Namespace) -> int:
                     interval_s=iv,
                     service_s=args.service_ms / 1000,
                     requests=args.requests,
+                    batch_max=args.batch_max,
+                    busy_queue=args.busy_queue,
+                    retries=args.retries,
                     seed=args.r_seed,
                 ).to_json()
             )
@@ -263,7 +278,14 @@ def run_routing_command(args: argparse.Namespace) -> int:
     if args.r_json:
         print(
             json.dumps(
-                {"service_s": args.service_ms / 1000, "nodes": args.r_nodes, "results": results}
+                {
+                    "service_s": args.service_ms / 1000,
+                    "nodes": args.r_nodes,
+                    "batch_max": args.batch_max,
+                    "busy_queue": args.busy_queue,
+                    "retries": args.retries,
+                    "results": results,
+                }
             )
         )
         return 0

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.router import Candidate, estimate, pick
+
 POLICIES = ("random", "round_robin", "least_loaded", "p2c", "p2c_fresh", "rumor", "oracle_jsq")
 
 
@@ -70,16 +72,18 @@ def rumor_estimate(
     own_inflight: int,
     own_sent_since_report: int,
 ) -> float:
-    """The `rumor` policy's load estimate of one candidate.
-
-    The reported queue drains at one request per service time while the report
-    ages; what other routers have in flight there is known (as gossiped), our own
-    is known exactly. The larger of the two views wins: the report sees load
-    that routers' counts miss (requests from other entry paths), the counts see
-    sends newer than the report.
-    """
-    drained = max(0.0, queue_reported - report_age_s / service_s) + own_sent_since_report
-    return max(drained, float(others_inflight + own_inflight))
+    """The `rumor` policy's load estimate: node.router.estimate, which the daemon runs."""
+    return estimate(
+        Candidate(
+            "",
+            queue=queue_reported,
+            age_s=report_age_s,
+            service_s=service_s,
+            others_inflight=others_inflight,
+            own_inflight=own_inflight,
+            own_sent_since=own_sent_since_report,
+        )
+    )
 
 
 def choose(
@@ -91,7 +95,8 @@ def choose(
     snapshot_age: Callable[[int], float],
     true_queue: list[int],
     others_inflight: Callable[[int], int],
-    service_s: float,
+    service_of: Callable[[int], float],
+    exclude: set[int],
 ) -> int:
     if policy == "random":
         return rng.randrange(n)
@@ -104,23 +109,30 @@ def choose(
     if policy == "least_loaded":
         best = min(snapshot)
         return rng.choice([i for i, q in enumerate(snapshot) if q == best])
+    if policy.startswith("rumor"):
+        # The daemon's own code: node.router.pick over the ready replicas.
+        sample = rng.sample(range(n), 2 + len(exclude))
+        cands = [
+            Candidate(
+                str(i),
+                queue=snapshot[i],
+                age_s=snapshot_age(i),
+                service_s=service_of(i),
+                others_inflight=others_inflight(i),
+                own_inflight=router.inflight.get(i, 0),
+                own_sent_since=router.sent_since.get(i, 0),
+            )
+            for i in sample
+            if i not in exclude
+        ][:2]
+        chosen = pick(cands, rng)
+        assert chosen is not None
+        return int(chosen.name)
     a, b = rng.sample(range(n), 2)
     if policy == "p2c_fresh":
         la, lb = true_queue[a], true_queue[b]
-    elif policy == "p2c":
+    else:  # p2c on the stale snapshots
         la, lb = snapshot[a], snapshot[b]
-    else:  # rumor
-        la, lb = (
-            rumor_estimate(
-                snapshot[i],
-                snapshot_age(i),
-                service_s,
-                others_inflight(i),
-                router.inflight.get(i, 0),
-                router.sent_since.get(i, 0),
-            )
-            for i in (a, b)
-        )
     if la == lb:
         return a if rng.random() < 0.5 else b
     return a if la < lb else b
@@ -136,33 +148,50 @@ def simulate(
     service_s: float = 0.1,
     requests: int = 100_000,
     queue_bound: int = 1_000,
+    batch_max: int = 1,
+    batch_cost: float = 0.1,
+    busy_queue: int = 3,
+    retries: int = 3,
+    rtt_s: float = 0.001,
     seed: int = 1,
 ) -> RoutingResult:
-    if policy not in POLICIES:
+    """Mean and p99 time in system of one policy.
+
+    Nodes serve up to `batch_max` waiting requests at once; a batch of b takes
+    Exp(service_s) * (1 + batch_cost * (b - 1)) and they finish together
+    (`load` is relative to the unbatched capacity). Under `rumor`, a node
+    holding `busy_queue` or more answers "busy" at once and the router tries
+    another candidate after `rtt_s`, up to `retries` times; the last try is
+    admitted up to `queue_bound`. `rumor_no_admission` is the same router
+    without it. Every policy rejects past `queue_bound` (counted).
+    """
+    if policy not in POLICIES and policy != "rumor_no_admission":
         raise ValueError(f"unknown policy {policy!r}; have {', '.join(POLICIES)}")
     rng = random.Random(f"{seed}/{policy}/{routers}/{load}/{interval_s}")
-    queue = [0] * nodes
+    admission = policy == "rumor"
+    queue = [0] * nodes  # waiting + running, what a node reports
     snapshot = [0] * nodes
     snap_at = [0.0] * nodes
+    per_request = [service_s] * nodes  # each node's EWMA service time per request
     rts = [_Router() for _ in range(routers)]
-    heap: list[tuple[float, int, int, int, int]] = []  # (t, seq, kind, a, b)
+    heap: list[tuple[float, int, int, int, Any]] = []  # (t, seq, kind, a, payload)
     seq = 0
 
-    def push(t: float, kind: int, a: int = 0, b: int = 0) -> None:
+    def push(t: float, kind: int, a: int = 0, payload: Any = None) -> None:
         nonlocal seq
         seq += 1
-        heapq.heappush(heap, (t, seq, kind, a, b))
+        heapq.heappush(heap, (t, seq, kind, a, payload))
 
     arrival_rate = load * nodes / service_s
-    ARRIVE, DONE, SNAP, PUBLISH = 0, 1, 2, 3
+    ARRIVE, DONE, SNAP, PUBLISH, RETRY = 0, 1, 2, 3, 4
     push(rng.expovariate(arrival_rate), ARRIVE)
     for i in range(nodes):
         push(rng.uniform(0, interval_s), SNAP, i)
     for r in range(routers):
         push(rng.uniform(0, interval_s), PUBLISH, r)
-    # Per node: a FIFO of (arrival time, router) for the requests it holds.
-    fifo: list[list[tuple[float, int]]] = [[] for _ in range(nodes)]
-    head = [0] * nodes
+    waiting: list[list[tuple[float, int]]] = [[] for _ in range(nodes)]  # (arrival, router)
+    wait_head = [0] * nodes
+    running: list[list[tuple[float, int]]] = [[] for _ in range(nodes)]
     times: list[float] = []
     rejected = arrivals = 0
     warmup = requests // 10
@@ -171,45 +200,63 @@ def simulate(
     def others(r: int) -> Callable[[int], int]:
         return lambda i: sum(rt.published.get(i, 0) for j, rt in enumerate(rts) if j != r)
 
+    def start_batch(i: int) -> None:
+        w = waiting[i]
+        b = min(batch_max, len(w) - wait_head[i])
+        running[i] = w[wait_head[i] : wait_head[i] + b]
+        wait_head[i] += b
+        if wait_head[i] > 1024:
+            del w[: wait_head[i]]
+            wait_head[i] = 0
+        took = rng.expovariate(1 / service_s) * (1 + batch_cost * (b - 1))
+        per_request[i] = 0.9 * per_request[i] + 0.1 * (took / b)
+        push(now + took, DONE, i)
+
+    def route(t_in: int | float, r: int, tried: set[int]) -> None:
+        nonlocal rejected
+        rt = rts[r]
+        target = choose(
+            policy,
+            rng,
+            nodes,
+            rt,
+            snapshot,
+            lambda i: now - snap_at[i],
+            queue,
+            others(r),
+            lambda i: per_request[i],
+            tried,
+        )
+        if admission and queue[target] >= busy_queue and len(tried) < retries:
+            push(now + rtt_s, RETRY, r, (t_in, tried | {target}))  # "busy": try another
+            return
+        if queue[target] >= queue_bound:
+            rejected += 1
+            return
+        queue[target] += 1
+        waiting[target].append((t_in, r))
+        rt.inflight[target] = rt.inflight.get(target, 0) + 1
+        rt.sent_since[target] = rt.sent_since.get(target, 0) + 1
+        if not running[target]:
+            start_batch(target)
+
     while heap and arrivals < requests + warmup:
-        now, _, kind, a, _b = heapq.heappop(heap)
+        now, _, kind, a, payload = heapq.heappop(heap)
         if kind == ARRIVE:
             arrivals += 1
             push(now + rng.expovariate(arrival_rate), ARRIVE)
-            r = rng.randrange(routers)
-            rt = rts[r]
-            target = choose(
-                policy,
-                rng,
-                nodes,
-                rt,
-                snapshot,
-                lambda i, now=now: now - snap_at[i],
-                queue,
-                others(r),
-                service_s,
-            )
-            if queue[target] >= queue_bound:
-                rejected += 1
-                continue
-            queue[target] += 1
-            fifo[target].append((now, r))
-            rt.inflight[target] = rt.inflight.get(target, 0) + 1
-            rt.sent_since[target] = rt.sent_since.get(target, 0) + 1
-            if queue[target] == 1:
-                push(now + rng.expovariate(1 / service_s), DONE, target)
+            route(now, rng.randrange(routers), set())
+        elif kind == RETRY:
+            route(payload[0], a, payload[1])
         elif kind == DONE:
-            t_in, r = fifo[a][head[a]]
-            head[a] += 1
-            if head[a] > 1024:
-                del fifo[a][: head[a]]
-                head[a] = 0
-            queue[a] -= 1
-            rts[r].inflight[a] -= 1
-            if arrivals > warmup:
-                times.append(now - t_in)
+            for t_in, r in running[a]:
+                queue[a] -= 1
+                rts[r].inflight[a] -= 1
+                if arrivals > warmup:
+                    times.append(now - t_in)
+            running[a] = []
             if queue[a] > 0:
-                push(now + rng.expovariate(1 / service_s), DONE, a)
+                start_batch(a)
         elif kind == SNAP:
             snapshot[a] = queue[a]
             snap_at[a] = now
