@@ -36,6 +36,12 @@ class NodeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     request_timeout: float = 30.0
     forward_retries: int = 2
+    #: Router: keep the local replica unless worse than the best sampled by this
+    #: many requests (saves a network hop).
+    local_margin: float = 1.0
+    #: Admission control: a model's queue this deep answers "busy" (0: twice its
+    #: max batch size); the router then tries another replica.
+    busy_queue: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 128:
@@ -60,6 +66,8 @@ class NodeConfig:
             raise ConfigError("max_body_bytes", "must be at least 1024")
         if self.drain_timeout < 0 or self.request_timeout <= 0:
             raise ConfigError("drain_timeout", "must be >= 0 (request_timeout > 0)")
+        if self.forward_retries < 0 or self.busy_queue < 0 or self.local_margin < 0:
+            raise ConfigError("forward_retries", "forward_retries, busy_queue, local_margin >= 0")
         self.model_configs()  # validates every model
 
     def model_configs(self) -> list[ModelConfig]:

@@ -28,6 +28,7 @@ from gossip.wire import Status
 from inference.service import InferenceService, ModelState
 
 from .config import NodeConfig
+from .router import Candidate, pick
 
 log = logging.getLogger("rumor.node")
 
@@ -61,6 +62,11 @@ class Daemon:
         #: One cancel scope per request being served; cancelled when the drain
         #: timeout runs out, so each such request fails with a clear 503.
         self.request_scopes: set[trio.CancelScope] = set()
+        # Router state (node.router): our in-flight requests and sends since each
+        # destination's last report.
+        self.own_inflight: dict[str, int] = {}
+        self.sent_since: dict[str, int] = {}
+        self._report_seen: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -302,6 +308,9 @@ class Daemon:
             "models": models,
             "load": load,
             "device": self.device,
+            # This router's per-destination in-flight requests: its own entries
+            # of the cluster's per-origin counter map (nobody else writes them).
+            "inflight": dict(sorted(self.own_inflight.items())),
         }
 
     def publish(self) -> None:
@@ -431,25 +440,87 @@ class Daemon:
         return status is not None and status.state == ModelState.READY
 
     def choose(self, model: str, exclude: set[str]) -> str | None:
-        """The local node if it is ready, else the less loaded of two random replicas."""
+        """node.router.pick over the ready replicas (alive members only)."""
+        chosen = pick(
+            self.candidates(model, exclude), self._rng, local_margin=self.config.local_margin
+        )
+        return chosen.name if chosen is not None else None
+
+    def candidates(self, model: str, exclude: set[str]) -> list[Candidate]:
+        now = trio.current_time()
+        out = []
         if self.name not in exclude and self.local_ready(model):
-            return self.name
-        candidates = [n for n in self.ready_replicas(model) if n not in exclude and n != self.name]
-        if not candidates:
-            return None
-        picks = self._rng.sample(candidates, min(2, len(candidates)))
-
-        def load(name: str) -> float:
+            stats = self.inference.stats(model)
+            queue = stats.queue + stats.in_flight if stats is not None else 0
+            out.append(Candidate(self.name, queue=queue, local=True))  # exact, fresh
+        others = [n for n in self.ready_replicas(model) if n not in exclude and n != self.name]
+        for name in others:
             rec = self.node.record(name)
-            ld = (rec.get("load") if rec else None) or {}
-            return float(ld.get("queue", 0)) + float(ld.get("in_flight", 0))
+            if rec is None:
+                continue
+            ld = rec.get("load") or {}
+            if not isinstance(ld, dict):
+                ld = {}
+            if self._report_seen.get(name) != rec.updated_at:
+                self._report_seen[name] = rec.updated_at  # a new report: it saw our sends
+                self.sent_since.pop(name, None)
+            throughput = _num(ld.get("throughput"))
+            out.append(
+                Candidate(
+                    name,
+                    queue=_num(ld.get("queue")) + _num(ld.get("in_flight")),
+                    age_s=max(0.0, now - rec.updated_at),
+                    service_s=1.0 / throughput if throughput > 0 else 0.0,
+                    others_inflight=self._others_inflight(name),
+                    own_inflight=self.own_inflight.get(name, 0),
+                    own_sent_since=self.sent_since.get(name, 0),
+                )
+            )
+        return out
 
-        return min(picks, key=lambda n: (load(n), self._rng.random()))
+    def _others_inflight(self, dest: str) -> float:
+        """What every other router has in flight at `dest`, from their records."""
+        total = 0.0
+        for name in self.node.members:
+            if name == self.name:
+                continue
+            rec = self.node.record(name)
+            counts = rec.get("inflight") if rec is not None else None
+            if isinstance(counts, dict):
+                total += _num(counts.get(dest))
+        return total
+
+    def note_sent(self, dest: str) -> None:
+        self.own_inflight[dest] = self.own_inflight.get(dest, 0) + 1
+        self.sent_since[dest] = self.sent_since.get(dest, 0) + 1
+
+    def note_done(self, dest: str) -> None:
+        left = self.own_inflight.get(dest, 0) - 1
+        if left > 0:
+            self.own_inflight[dest] = left
+        else:
+            self.own_inflight.pop(dest, None)
+
+    def busy(self, model: str) -> bool:
+        """Above the queue bound: answer "busy" so the router tries elsewhere."""
+        stats = self.inference.stats(model)
+        status = self.inference.status(model)
+        if stats is None or status is None:
+            return False
+        bound = self.config.busy_queue or 2 * status.config.max_batch_size
+        return stats.queue >= bound
 
     def http_of(self, name: str) -> str | None:
         rec = self.node.record(name)
         value = rec.get("http") if rec is not None else None
         return value if isinstance(value, str) and value else None
+
+
+def _num(v: object) -> float:
+    """A gossiped number, or 0 for anything else (a peer's record is data, not trusted)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return 0.0
+    return float(v) if v == v and abs(v) < 1e12 else 0.0
 
 
 def _coarse(n: int, step: int = 256 << 20) -> int:

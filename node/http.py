@@ -60,6 +60,8 @@ DTYPES = {
 FORWARDED = "x-rumor-forwarded"
 TRACE = "x-rumor-trace-id"
 SERVED_BY = "x-rumor-served-by"
+BUSY = "x-rumor-busy"
+FINAL = "x-rumor-final-attempt"
 
 
 class HTTPError(Exception):
@@ -198,6 +200,7 @@ def build_app(daemon: Daemon) -> Starlette:
         m = request.path_params["model"]
         trace = request.headers.get(TRACE) or _trace()
         forwarded = request.headers.get(FORWARDED) == "1"
+        final = request.headers.get(FINAL, "")
         t0 = time.perf_counter()
         if daemon.draining:
             return _error(503, "node is shutting down", trace, {"Retry-After": "1"})
@@ -212,7 +215,7 @@ def build_app(daemon: Daemon) -> Starlette:
         daemon.request_scopes.add(scope)
         try:
             with scope:
-                response = await _route(m, body, payload, trace, forwarded, t0)
+                response = await _route(m, body, payload, trace, forwarded, t0, final)
             if response is None:
                 response = _error(
                     503,
@@ -236,8 +239,24 @@ def build_app(daemon: Daemon) -> Starlette:
                 },
             )
 
+    def _busy(m: str, trace: str) -> Response:
+        """Admission control: above its queue bound a node says so at once, and the
+        router tries another replica (or, on the last try, admits it anyway)."""
+        return _error(
+            503,
+            f"{daemon.name} is busy with {m!r} (queue at its bound)",
+            trace,
+            {"Retry-After": "0", BUSY: "1"},
+        )
+
     async def _route(
-        m: str, body: bytes, payload: dict[str, Any], trace: str, forwarded: bool, t0: float
+        m: str,
+        body: bytes,
+        payload: dict[str, Any],
+        trace: str,
+        forwarded: bool,
+        t0: float,
+        request_final: str = "",
     ) -> Response:
         tried: set[str] = set()
         if forwarded:  # one hop only: serve here or fail
@@ -245,14 +264,21 @@ def build_app(daemon: Daemon) -> Starlette:
                 return _error(
                     503, f"model {m!r} is not ready on {daemon.name}", trace, {"Retry-After": "1"}
                 )
+            if daemon.busy(m) and request_final != "1":
+                return _busy(m, trace)
             return await _serve_local(m, payload, trace, t0)
         last_error = None
-        for _ in range(1 + cfg.forward_retries):
+        attempts = 1 + cfg.forward_retries
+        for attempt in range(attempts):
+            final = attempt == attempts - 1
             target = daemon.choose(m, tried)
             if target is None:
                 break
             tried.add(target)
             if target == daemon.name:
+                if daemon.busy(m) and not final:
+                    last_error = _busy(m, trace)
+                    continue
                 resp = await _serve_local(m, payload, trace, t0)
                 if resp.status_code != 503:
                     return resp
@@ -261,15 +287,19 @@ def build_app(daemon: Daemon) -> Starlette:
             http = daemon.http_of(target)
             if http is None:
                 continue
+            headers = {FORWARDED: "1", TRACE: trace, "content-type": "application/json"}
+            if final:
+                headers[FINAL] = "1"  # the last try is admitted up to the hard queue bound
+            daemon.note_sent(target)
             try:
                 r = await client.post(
-                    f"http://{http}/v2/models/{m}/infer",
-                    content=body,
-                    headers={FORWARDED: "1", TRACE: trace, "content-type": "application/json"},
+                    f"http://{http}/v2/models/{m}/infer", content=body, headers=headers
                 )
             except httpx.HTTPError as e:
                 last_error = _error(502, f"forward to {target} failed: {e}", trace)
                 continue
+            finally:
+                daemon.note_done(target)
             if r.status_code in (502, 503, 504):
                 last_error = Response(r.content, status_code=r.status_code, headers=dict(r.headers))
                 continue
