@@ -276,7 +276,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{m['age_s']}s" if m["age_s"] is not None else "",
         )
     # Piped output is not wrapped to 80 columns: whole names stay greppable.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    placement = view.get("placement") or {}
+    if placement:
+        ptable = Table(title="catalog models: target against actual replicas")
+        for col in ("model", "target", "ready", "assigned to", "ready on"):
+            ptable.add_column(col)
+        for model, p in placement.items():
+            ready = p.get("ready", [])
+            mark = "" if len(ready) >= p.get("target", 0) else " (converging)"
+            ptable.add_row(
+                model,
+                str(p.get("target")),
+                f"{len(ready)}{mark}",
+                ", ".join(p.get("assigned", [])),
+                ", ".join(ready),
+            )
+        console.print(ptable)
     return 0
 
 

@@ -42,6 +42,10 @@ class NodeConfig:
     #: Admission control: a model's queue this deep answers "busy" (0: twice its
     #: max batch size); the router then tries another replica.
     busy_queue: int = 0
+    #: Placement hysteresis: load a model assigned here after this long, unload
+    #: one no longer assigned here after `placement_unload_hold`.
+    placement_hold: float = 2.0
+    placement_unload_hold: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 128:
@@ -68,6 +72,8 @@ class NodeConfig:
             raise ConfigError("drain_timeout", "must be >= 0 (request_timeout > 0)")
         if self.forward_retries < 0 or self.busy_queue < 0 or self.local_margin < 0:
             raise ConfigError("forward_retries", "forward_retries, busy_queue, local_margin >= 0")
+        if self.placement_hold < 0 or self.placement_unload_hold < 0:
+            raise ConfigError("placement_hold", "placement holds must be >= 0")
         self.model_configs()  # validates every model
 
     def model_configs(self) -> list[ModelConfig]:

@@ -25,9 +25,12 @@ from gossip.core import GossipEvent, GossipNode
 from gossip.crypto import Keyring
 from gossip.transport import GossipRuntime, parse_hostport
 from gossip.wire import Status
+from inference.config import ModelConfig
+from inference.errors import ConfigError
 from inference.service import InferenceService, ModelState
 
 from .config import NodeConfig
+from .placement import Placer, assign, capacity_of
 from .router import Candidate, pick
 
 log = logging.getLogger("rumor.node")
@@ -67,6 +70,9 @@ class Daemon:
         self.own_inflight: dict[str, int] = {}
         self.sent_since: dict[str, int] = {}
         self._report_seen: dict[str, float] = {}
+        # Placement (node.placement): models loaded because the catalog assigns them here.
+        self.placer = Placer(config.placement_hold, config.placement_unload_hold)
+        self.placed: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -117,6 +123,7 @@ class Daemon:
                 self.inference.load(mc)
             self.http_addr = await nursery.start(serve_http, self)
             nursery.start_soon(self._publish_loop)
+            nursery.start_soon(self._placement_loop)
             bound = {
                 "name": self.name,
                 "gossip": _fmt(self.gossip.addr or ("?", 0)),
@@ -277,6 +284,66 @@ class Daemon:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    # -- placement ---------------------------------------------------------------
+
+    def placement(self) -> dict[str, list[str]]:
+        """model -> nodes that should hold it, computed from this node's own view."""
+        targets = self.replica_targets()
+        wanted = {m: _int(targets.get(m, 1)) for m in self.catalog()}
+        capacity = {}
+        for name, m in self.node.members.items():
+            if m.status != Status.ALIVE or (name == self.name and self.draining):
+                continue
+            rec = self.node.record(name)
+            capacity[name] = capacity_of(rec.get("device") if rec is not None else None)
+        return assign(wanted, capacity)
+
+    def place(self, now: float) -> None:
+        """One placement step: load what is assigned here, unload what is not (with hysteresis)."""
+        catalog = self.catalog()
+        mine = {m for m, nodes in self.placement().items() if self.name in nodes}
+        held = set()
+        for m in self.placed:
+            st = self.inference.status(m)
+            if st is not None and st.state in (ModelState.LOADING, ModelState.READY):
+                held.add(m)
+        to_load, to_unload = self.placer.step(now, mine, held)
+        for m in sorted(to_load):
+            existing = self.inference.status(m)
+            if existing is not None and m not in self.placed:
+                continue  # loaded by --model/--config: not placement's to manage
+            try:
+                mc = ModelConfig.from_dict({**catalog[m], "name": m})
+            except (ConfigError, TypeError, ValueError) as e:
+                log.error("placement: catalog spec of %r is invalid: %s", m, e)
+                continue
+            log.info("placement: loading %s", m, extra={"event": "place-load", "model": m})
+            self.placed.add(m)
+            self.inference.load(mc)
+        for m in sorted(to_unload):
+            log.info("placement: unloading %s", m, extra={"event": "place-unload", "model": m})
+            self.placed.discard(m)
+            if self._nursery is not None:
+                self._nursery.start_soon(self.inference.unload, m)
+
+    async def _placement_loop(self) -> None:
+        while True:
+            if not self.draining:
+                self.place(trio.current_time())
+            await trio.sleep(self.config.interval)
+
+    def placement_view(self) -> dict[str, Any]:
+        """Target against actual replicas, per catalog model (for `rumor status`)."""
+        targets = self.replica_targets()
+        out = {}
+        for m, nodes in sorted(self.placement().items()):
+            out[m] = {
+                "target": _int(targets.get(m, 1)),
+                "assigned": nodes,
+                "ready": self.ready_replicas(m),
+            }
+        return out
+
     # -- the gossiped record ------------------------------------------------
 
     def record_values(self) -> dict[str, Any]:
@@ -411,7 +478,12 @@ class Daemon:
                     "evidence": node.evidence(name, now),
                 }
             )
-        return {"self": self.name, "generation": self.generation, "members": members}
+        return {
+            "self": self.name,
+            "generation": self.generation,
+            "members": members,
+            "placement": self.placement_view(),
+        }
 
     def ready_replicas(self, model: str) -> list[str]:
         """Members (alive, not suspect or dead) where `model` is ready."""
@@ -514,6 +586,10 @@ class Daemon:
         rec = self.node.record(name)
         value = rec.get("http") if rec is not None else None
         return value if isinstance(value, str) and value else None
+
+
+def _int(v: object) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 1
 
 
 def _num(v: object) -> float:

@@ -37,7 +37,7 @@ def add_sim_parser(sub: Any) -> None:
     sim.add_argument("--json", action="store_true", help="print exactly one JSON object")
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG: informed fraction, bytes")
     sim.set_defaults(func=run_sim_command)
-    rest = sim.add_subparsers(dest="sim_command", metavar="{theory,routing}")
+    rest = sim.add_subparsers(dest="sim_command", metavar="{theory,routing,placement}")
     theory = rest.add_parser("theory", help="measured rounds against the epidemic bounds")
     theory.add_argument("--sizes", default="100,1000", help="cluster sizes (default 100,1000)")
     theory.add_argument("--seeds", type=int, default=3, help="runs per size (default 3)")
@@ -69,6 +69,14 @@ def add_sim_parser(sub: Any) -> None:
     routing.add_argument("--json", action="store_true", dest="r_json")
     routing.add_argument("--plot", metavar="OUT.png", dest="r_plot")
     routing.set_defaults(func=run_routing_command)
+    place = rest.add_parser("placement", help="how fast decentralized placement converges")
+    place.add_argument("--nodes", type=int, default=20, dest="p_nodes")
+    place.add_argument("--models", type=int, default=5)
+    place.add_argument("--replicas", type=int, default=2)
+    place.add_argument("--hold", type=float, default=2.0, help="placement hold before loading, s")
+    place.add_argument("--seed", type=int, default=1, dest="p_seed")
+    place.add_argument("--json", action="store_true", dest="p_json")
+    place.set_defaults(func=run_placement_command)
 
 
 def _fail(message: str) -> int:
@@ -222,6 +230,27 @@ def run_theory_command(args: argparse.Namespace) -> int:
             f"| {r['push_bound']} | {r['push_pull_rounds_mean']} / {r['push_pull_rounds_max']} "
             f"| {r['push_pull_bound_log3']} | {r['push_pull_bound_log3_plus_lnln']} |"
         )
+    return 0
+
+
+def run_placement_command(args: argparse.Namespace) -> int:
+    from .placement import run_placement
+
+    if args.p_nodes < 2 or args.models < 1 or not 1 <= args.replicas <= args.p_nodes:
+        return _fail("--nodes >= 2, --models >= 1, 1 <= --replicas <= --nodes")
+    if args.hold < 0:
+        return _fail("--hold must be >= 0")
+    r = run_placement(args.p_nodes, args.models, args.replicas, args.p_seed, hold_load=args.hold)
+    if args.p_json:
+        print(json.dumps(r))
+        return 0
+    a, c = r["after_change"], r["after_crash"]
+    print(
+        f"{r['nodes']} nodes, {r['models']} models x {r['replicas']} replicas, hold {args.hold} s\n"
+        f"  after the change: views agree in {a['views_agree_s']} s, placed in {a['placed_s']} s\n"
+        f"  after {c['crashed']} crashed: {c['replicas_moved']} replicas moved; views agree "
+        f"in {c['views_agree_s']} s, placed in {c['placed_s']} s"
+    )
     return 0
 
 
