@@ -56,6 +56,11 @@ def add_node_parsers(sub: Any) -> None:
     node.add_argument("--interval", type=float, help="gossip interval, s (default 0.2)")
     node.add_argument("--fanout", type=int, help="gossip fanout (default 3)")
     node.add_argument("--drain-timeout", type=float, help="shutdown drain, s (default 10)")
+    node.add_argument(
+        "--router",
+        choices=["rumor", "random", "round_robin"],
+        help="routing policy (default rumor; the others are baselines for comparisons)",
+    )
     node.add_argument("--log-json", action="store_true", default=None, help="JSON logs")
     node.add_argument(
         "--log-level",
@@ -118,6 +123,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         "drain_timeout": args.drain_timeout,
         "log_json": args.log_json,
         "log_level": args.log_level,
+        "router": args.router,
     }
     try:
         config = load_node_config(args.config, flags)

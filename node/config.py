@@ -14,6 +14,7 @@ from inference.config import ModelConfig
 from inference.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ROUTERS = ("rumor", "random", "round_robin")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class NodeConfig:
     #: Router: keep the local replica unless worse than the best sampled by this
     #: many requests (saves a network hop).
     local_margin: float = 1.0
+    #: "rumor" (node.router), or a baseline for comparisons: "random", "round_robin".
+    router: str = "rumor"
     #: Admission control: a model's queue this deep answers "busy" (0: twice its
     #: max batch size); the router then tries another replica.
     busy_queue: int = 0
@@ -72,6 +75,8 @@ class NodeConfig:
             raise ConfigError("drain_timeout", "must be >= 0 (request_timeout > 0)")
         if self.forward_retries < 0 or self.busy_queue < 0 or self.local_margin < 0:
             raise ConfigError("forward_retries", "forward_retries, busy_queue, local_margin >= 0")
+        if self.router not in ROUTERS:
+            raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}")
         if self.placement_hold < 0 or self.placement_unload_hold < 0:
             raise ConfigError("placement_hold", "placement holds must be >= 0")
         self.model_configs()  # validates every model

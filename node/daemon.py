@@ -70,6 +70,7 @@ class Daemon:
         self.own_inflight: dict[str, int] = {}
         self.sent_since: dict[str, int] = {}
         self._report_seen: dict[str, float] = {}
+        self._rr = 0
         # Placement (node.placement): models loaded because the catalog assigns them here.
         self.placer = Placer(config.placement_hold, config.placement_unload_hold)
         self.placed: set[str] = set()
@@ -513,6 +514,14 @@ class Daemon:
 
     def choose(self, model: str, exclude: set[str]) -> str | None:
         """node.router.pick over the ready replicas (alive members only)."""
+        if self.config.router != "rumor":  # baselines, for side-by-side measurements
+            names = sorted(c.name for c in self.candidates(model, exclude))
+            if not names:
+                return None
+            if self.config.router == "random":
+                return self._rng.choice(names)
+            self._rr += 1
+            return names[self._rr % len(names)]
         chosen = pick(
             self.candidates(model, exclude), self._rng, local_margin=self.config.local_margin
         )

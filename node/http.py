@@ -18,7 +18,7 @@ import httpx
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -135,6 +135,12 @@ def build_app(daemon: Daemon) -> Starlette:
         ["model", "served"],
         registry=registry,
     )
+    routing = Counter(
+        "rumor_routing_total",
+        "router outcomes: busy answers given, busy answers met, forward retries",
+        ["outcome"],
+        registry=registry,
+    )
     client = httpx.AsyncClient(timeout=cfg.request_timeout)
 
     async def read_body(request: Request) -> bytes:
@@ -242,6 +248,7 @@ def build_app(daemon: Daemon) -> Starlette:
     def _busy(m: str, trace: str) -> Response:
         """Admission control: above its queue bound a node says so at once, and the
         router tries another replica (or, on the last try, admits it anyway)."""
+        routing.labels("busy_answered").inc()
         return _error(
             503,
             f"{daemon.name} is busy with {m!r} (queue at its bound)",
@@ -296,11 +303,13 @@ def build_app(daemon: Daemon) -> Starlette:
                     f"http://{http}/v2/models/{m}/infer", content=body, headers=headers
                 )
             except httpx.HTTPError as e:
+                routing.labels("retried").inc()
                 last_error = _error(502, f"forward to {target} failed: {e}", trace)
                 continue
             finally:
                 daemon.note_done(target)
             if r.status_code in (502, 503, 504):
+                routing.labels("busy_met" if r.headers.get(BUSY) else "retried").inc()
                 last_error = Response(r.content, status_code=r.status_code, headers=dict(r.headers))
                 continue
             duration.labels(m, "forwarded").observe(time.perf_counter() - t0)
