@@ -143,6 +143,8 @@ class _Probe:
     relay_to: Addr | None = None
     relay_seq: int = 0
     light: bool = False  # a direct ping only; escalates to a full probe on timeout
+    helpers: int = 0  # PING_REQs sent (each helper nacks if it cannot reach the target)
+    nacks: int = 0
 
 
 class GossipNode:
@@ -398,11 +400,19 @@ class GossipNode:
                 self._send(msg.addr, self._msg(MsgType.ACK, seq=msg.seq), now)
         elif t == MsgType.ACK:
             self._on_ack(msg, now)
+        elif t == MsgType.NACK:
+            probe = self._probes.get(msg.seq)
+            if probe is not None and probe.relay_to is None:
+                probe.nacks = min(probe.helpers, probe.nacks + 1)
         elif t == MsgType.PING_REQ:
             assert msg.target_addr is not None
             seq = self._next_seq()
+            # Give up a little before the asker does, so our NACK reaches it in time.
             self._probes[seq] = _Probe(
-                msg.target, now + self._probe_timeout(), relay_to=msg.addr, relay_seq=msg.seq
+                msg.target,
+                now + 0.8 * self._probe_timeout(),
+                relay_to=msg.addr,
+                relay_seq=msg.seq,
             )
             self._send(msg.target_addr, self._msg(MsgType.PING, seq=seq, target=msg.target), now)
         elif t == MsgType.SYN:
@@ -610,7 +620,9 @@ class GossipNode:
         if light:
             return
         helpers = [p for p in self._random_peers(self.config.indirect_probes + 1) if p != target]
-        for h in helpers[: self.config.indirect_probes]:
+        helpers = helpers[: self.config.indirect_probes]
+        self._probes[seq].helpers = len(helpers)
+        for h in helpers:
             req = self._msg(MsgType.PING_REQ, seq=seq, target=target, target_addr=m.addr)
             self._send(self.members[h].addr, req, now)
 
@@ -632,7 +644,8 @@ class GossipNode:
             if now < probe.deadline:
                 continue
             del self._probes[seq]
-            if probe.relay_to is not None:
+            if probe.relay_to is not None:  # a helper that could not reach it: say so
+                self._send(probe.relay_to, self._msg(MsgType.NACK, seq=probe.relay_seq), now)
                 continue
             self._probing.discard(probe.target)
             m = self.members.get(probe.target)
@@ -643,7 +656,10 @@ class GossipNode:
             if probe.light:
                 self._probe(probe.target, now)  # no answer: now ask others too
                 continue
-            self.local_health = min(self.config.max_local_health, self.local_health + 1)
+            # Lifeguard: a failed probe counts against our own health only when
+            # helpers stayed silent too (no NACK): then the problem may be ours.
+            missing = probe.helpers - probe.nacks if probe.helpers else 1
+            self.local_health = min(self.config.max_local_health, self.local_health + missing)
             self.counters["probe_failures"] += 1
             if m.status == Status.ALIVE:
                 m.status, m.status_since = Status.SUSPECT, now

@@ -40,6 +40,9 @@ class MsgType(enum.IntEnum):
     SYNACK = 6
     ACK2 = 7
     PUSH = 8
+    #: A PING_REQ helper's "I could not reach it either" (Lifeguard): the asker's
+    #: failed probe then says nothing about the asker's own health.
+    NACK = 9
 
 
 class Status(enum.IntEnum):
@@ -161,7 +164,7 @@ def body_wire(m: Message) -> list[Any]:
         return [m.state_hash, rumors]
     if t == MsgType.PING:
         return [m.seq, m.target, m.state_hash, rumors]
-    if t == MsgType.ACK:
+    if t in (MsgType.ACK, MsgType.NACK):
         return [m.seq, m.state_hash, rumors]
     if t == MsgType.PING_REQ:
         assert m.target_addr is not None
@@ -342,7 +345,7 @@ def decode_message(plaintext: bytes, max_bytes: int) -> Message:
             state_hash=_uint(b[2], "hash"),
             rumors=_rumors(b[3]),
         )
-    if mtype == MsgType.ACK:
+    if mtype in (MsgType.ACK, MsgType.NACK):
         b = _list(b, "ack", 3)
         return Message(
             **head, seq=_uint(b[0], "seq"), state_hash=_uint(b[1], "hash"), rumors=_rumors(b[2])

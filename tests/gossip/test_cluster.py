@@ -110,6 +110,31 @@ def test_failure_detection_within_bound_by_every_peer() -> None:
         assert any(e.type == EventType.DEAD and e.member == "node4" for _, e in sn.events)
 
 
+def test_nacks_keep_real_deaths_from_slowing_the_next_detection() -> None:
+    """Lifeguard's NACKs: when a member really dies, the helpers of every failed
+    probe nack, so no prober blames itself (local health stays 0) and a second
+    death is detected as fast as the first. An isolated prober gets no NACKs
+    and does raise its local health."""
+    net = cluster(10, seed=8)
+    net.run_for(2)
+    took = []
+    for victim in ("node3", "node6"):
+        net.crash(victim)
+        t0 = net.now
+        assert net.run_until_true(
+            lambda v=victim: all(net.status_of(sn.name, v) == Status.DEAD for sn in net.live()),
+            10,
+        )
+        took.append(net.now - t0)
+        assert all(sn.node.local_health == 0 for sn in net.live())
+        net.run_for(1)
+    assert took[1] < took[0] + 0.5
+    alone = {"node1"}
+    net.partition(alone, {sn.name for sn in net.live()} - alone)
+    net.run_for(3)
+    assert net.nodes["node1"].node.local_health > 0
+
+
 def test_no_false_deaths_at_20_percent_loss() -> None:
     net = cluster(20, seed=6)
     net.link.loss = 0.2

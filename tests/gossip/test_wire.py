@@ -62,7 +62,7 @@ def messages(draw: st.DrawFn) -> Message:
         return Message(**base, state_hash=draw(U))
     if t == MsgType.PING:
         return Message(**base, seq=draw(U), target=draw(NAMES), state_hash=draw(U))
-    if t == MsgType.ACK:
+    if t in (MsgType.ACK, MsgType.NACK):
         return Message(**base, seq=draw(U), state_hash=draw(U))
     if t == MsgType.PING_REQ:
         return Message(**base, seq=draw(U), target=draw(NAMES), target_addr=draw(ADDR))
