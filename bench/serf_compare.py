@@ -12,8 +12,9 @@ CPU, and measures both in the same way:
   (Serf: a `member-update` event handler that writes `date +%s.%N`; rumor: the
   daemon's JSON log line for the record update) minus the moment the change
   was issued.  p50 over every peer of every trial, max per trial;
-* failure detection: a SIGKILLed node; the time until every peer has its own
-  `member-failed` (Serf) / `member-dead` (rumor) event;
+* failure detection: three SIGKILLed nodes, one after another; for each, the
+  time until every peer has its own `member-failed` (Serf) / `member-dead`
+  (rumor) event; the median over the kills;
 * false deaths: failed/dead events for any node that was not killed;
 * idle traffic: a tcpdump capture on the system's gossip ports (UDP and TCP),
   IP bytes per node per second;
@@ -236,14 +237,16 @@ class Cluster:
         for p in self.procs.values():
             p.wait(10)
 
-    def false_deaths(self, killed: str, killed_at: float, since: float = 0.0) -> int:
+    def false_deaths(self, killed: list[tuple[str, float]], since: float = 0.0) -> int:
+        """Deaths of members that were not killed, or before they were."""
         self.poll_events()
+        when = dict(killed)
         bad = 0
         for evs in self.events.values():
             for ev in evs:
-                if ev.t < since:
+                if ev.t < since or ev.kind != "dead":
                     continue
-                if ev.kind == "dead" and (ev.member != killed or ev.t < killed_at):
+                if ev.member not in when or ev.t < when[ev.member]:
                     bad += 1
         return bad
 
@@ -412,6 +415,7 @@ def measure(
     rng: random.Random,
     settle_s: float,
     say: Any,
+    kills: int = 3,
 ) -> dict[str, Any]:
     n = cluster.n
     out: dict[str, Any] = {"system": cluster.name, "nodes": n}
@@ -427,7 +431,7 @@ def measure(
         time.sleep(0.5)
     out["settle_s"] = round(time.time() - t_settle, 1)
     out["startup_suspicions"] = cluster.suspicions()
-    out["startup_deaths"] = cluster.false_deaths("", time.time())
+    out["startup_deaths"] = cluster.false_deaths([])
     measured_from = time.time()
 
     # idle traffic and CPU
@@ -492,27 +496,41 @@ def measure(
             "worst_max_s": r4(max(spread_maxima)),
         }
 
-    # failure detection of a SIGKILLed node
-    victim = cluster.node_name(rng.randrange(1, n))
-    say(f"{cluster.name} N={n}: SIGKILL {victim}")
-    t0 = time.time()
-    cluster.kill(victim)
-    got = cluster.wait_events("dead", victim, t0, timeout=90)
-    d = sorted(t - t0 for t in got.values())
+    # failure detection: `kills` SIGKILLs, one after another (distinct victims)
+    victims = [cluster.node_name(v) for v in rng.sample(range(1, n), kills)]
+    lag = statistics.median(self_delay) if cluster.coalesces and self_delay else 0.0
+    per_kill = []
+    killed: list[tuple[str, float]] = []
+    for victim in victims:
+        say(f"{cluster.name} N={n}: SIGKILL {victim}")
+        t0 = time.time()
+        cluster.kill(victim)
+        killed.append((victim, t0))
+        got = cluster.wait_events("dead", victim, t0, timeout=90)
+        d = sorted(t - t0 for t in got.values())
+        per_kill.append(
+            {
+                "victim": victim,
+                "p50_s": round(statistics.median(d), 3) if d else None,
+                "max_s": round(d[-1], 3) if d else None,
+                "missing": (n - 1 - len(killed) + 1) - len(d),
+            }
+        )
+        time.sleep(3.0)
+    maxima = [k["max_s"] for k in per_kill if k["max_s"] is not None]
+    p50s = [k["p50_s"] for k in per_kill if k["p50_s"] is not None]
     out["failure_detection"] = {
-        "p50_s": round(statistics.median(d), 3) if d else None,
-        "max_s": round(d[-1], 3) if d else None,
-        "observers": len(d),
-        "missing": (n - 1) - len(d),
+        "p50_s": round(statistics.median(p50s), 3) if p50s else None,
+        "max_s": round(statistics.median(maxima), 3) if maxima else None,  # median over kills
+        "per_kill": per_kill,
     }
-    if cluster.coalesces and self_delay and d:  # less the event-delivery delay measured above
-        lag = statistics.median(self_delay)
+    if cluster.coalesces and maxima:  # less the event-delivery delay measured above
         out["failure_detection"]["less_event_delay"] = {
-            "p50_s": round(statistics.median(d) - lag, 3),
-            "max_s": round(d[-1] - lag, 3),
+            "p50_s": round(statistics.median(p50s) - lag, 3),
+            "max_s": round(statistics.median(maxima) - lag, 3),
         }
     time.sleep(2.0)
-    out["false_deaths"] = cluster.false_deaths(victim, t0, since=measured_from)
+    out["false_deaths"] = cluster.false_deaths(killed, since=measured_from)
     out["suspicions"] = cluster.suspicions(since=measured_from)
     return out
 

@@ -3,11 +3,12 @@
     .venv/bin/python bench/sim_fidelity.py                  # N = 10 and 40
     .venv/bin/python bench/sim_fidelity.py --nodes 10 --trials 10 --json
 
-1. Calibrate, on 2 real daemons only: the CPU one daemon spends per gossip
-   message it handles (CPU ticks over a burst of 1,000 changes, less the idle
-   rate), and the one-hop delay (peer's event time minus origin's own
-   `local-update` time).  The simulator's link latency is the hop delay less
-   that CPU; its host model is this machine's cores, shared by all nodes.
+1. Calibrate, on 5 real daemons only: the CPU the cluster spends per gossip
+   message delivered (all daemons' CPU ticks over a burst of changes, less the
+   idle rate and less the HTTP cost of the PUTs, measured with PUTs that change
+   nothing), and the one-hop delay (the first peer's event time minus the
+   origin's own `local-update` time).  The simulator's link latency is that hop
+   less the CPU; its host model is this machine's cores, shared by all nodes.
 2. Measure N real daemons on loopback: `--trials` tag changes (each peer's
    own event time minus the origin's), and `--kills` SIGKILLs (each peer's
    `member-dead` event minus the kill).
@@ -59,50 +60,67 @@ def counter(c: RumorCluster, i: int, key: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def calibrate(tmp: Path, changes: int, say: Any) -> dict[str, float]:
-    c = RumorCluster(2, tmp / "cal")
+def calibrate(tmp: Path, changes: int, say: Any, n: int = 5) -> dict[str, float]:
+    """CPU per delivered gossip message and one-hop delay, on a small cluster.
+
+    All daemons' CPU is counted (receiving and forwarding both cost), less the
+    idle rate and less the HTTP cost of the PUTs themselves (measured with
+    PUTs that change nothing)."""
+    c = RumorCluster(n, tmp / "cal")
     c.work.mkdir()
     try:
         c.start(0.2, 3)
-        c.wait_converged(30)
+        c.wait_converged(60)
         wait_quiet(c, 2)
-        pid = c.procs["r1"].pid
+        pids = [p.pid for p in c.procs.values()]
         hz = os.sysconf("SC_CLK_TCK")
-        # idle rate of the receiver
-        t0, k0, m0 = time.time(), cpu_ticks(pid), counter(c, 1, "datagrams_in")
+
+        def cpu() -> float:
+            return sum(cpu_ticks(p) for p in pids) / hz
+
+        def delivered() -> float:
+            return sum(counter(c, i, "datagrams_in") for i in range(n))
+
+        t0, k0, m0 = time.time(), cpu(), delivered()
         time.sleep(5)
-        idle_cpu = (cpu_ticks(pid) - k0) / hz / (time.time() - t0)
-        idle_msgs = (counter(c, 1, "datagrams_in") - m0) / (time.time() - t0)
-        say(f"calibration: {changes} changes on r0, watching r1")
-        hops = []
-        t0, k0, m0 = time.time(), cpu_ticks(pid), counter(c, 1, "datagrams_in")
-        with httpx.Client() as client:
-            for k in range(changes):
-                client.put(f"{c.http(0)}/v1/node/tags", json={"k": str(k)}, timeout=5)
-                if k % 50 == 49:
-                    c.poll_events()
-        time.sleep(1.0)
-        took = time.time() - t0
-        cpu = (cpu_ticks(pid) - k0) / hz - idle_cpu * took
-        msgs = (counter(c, 1, "datagrams_in") - m0) - idle_msgs * took
+        idle_cpu = (cpu() - k0) / (time.time() - t0)
+        idle_msgs = (delivered() - m0) / (time.time() - t0)
+
+        def burst(change: bool) -> tuple[float, float, float]:
+            t0, k0, m0 = time.time(), cpu(), delivered()
+            with httpx.Client() as client:
+                for k in range(changes):
+                    value = str(k) if change else "same"
+                    client.put(f"{c.http(0)}/v1/node/tags", json={"k": value}, timeout=5)
+            time.sleep(1.0)
+            took = time.time() - t0
+            return took, cpu() - k0 - idle_cpu * took, delivered() - m0 - idle_msgs * took
+
+        httpx.put(f"{c.http(0)}/v1/node/tags", json={"k": "same"}, timeout=5)
+        say(f"calibration: {changes} PUTs that change nothing, then {changes} that do (N={n})")
+        _, cpu_noop, _ = burst(False)
+        mark = time.time()
+        _, cpu_change, msgs = burst(True)
+        per_msg = (cpu_change - cpu_noop) / max(1.0, msgs)
         c.poll_events()
-        own = sorted(ev.t for ev in c.events.get("r0", []) if ev.kind == "update")
-        got = sorted(
-            ev.t for ev in c.events.get("r1", []) if ev.kind == "update" and ev.member == "r0"
-        )
-        # pair each change with the first peer event after it
-        j = 0
-        for t in own[-changes:]:
-            while j < len(got) and got[j] < t:
-                j += 1
-            if j < len(got):
-                hops.append(got[j] - t)
-        hops.sort()
-        per_msg = cpu / max(1.0, msgs)
+        own = sorted(ev.t for ev in c.events.get("r0", []) if ev.kind == "update" and ev.t >= mark)
+        firsts = []
+        for t in own:
+            later = [
+                ev.t
+                for p, evs in c.events.items()
+                if p != "r0"
+                for ev in evs
+                if ev.kind == "update" and ev.member == "r0" and t <= ev.t < t + 0.5
+            ]
+            if later:
+                firsts.append(min(later) - t)
+        firsts.sort()
         return {
+            "nodes": n,
             "cpu_per_message_us": round(per_msg * 1e6, 1),
-            "hop_p50_ms": round(statistics.median(hops) * 1e3, 3),
-            "hop_p90_ms": round(hops[int(len(hops) * 0.9)] * 1e3, 3),
+            "hop_p50_ms": round(statistics.median(firsts) * 1e3, 3),
+            "hop_p90_ms": round(firsts[int(len(firsts) * 0.9)] * 1e3, 3),
             "messages": int(msgs),
         }
     finally:
@@ -192,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20, help="tag changes per N")
     ap.add_argument("--kills", type=int, default=3, help="SIGKILLs per N")
     ap.add_argument("--seeds", type=int, default=5, help="simulator seeds per N")
-    ap.add_argument("--calibration-changes", type=int, default=1000)
+    ap.add_argument("--calibration-changes", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
