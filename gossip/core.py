@@ -173,6 +173,8 @@ class GossipNode:
         self._opener = Opener(keyring)
         self._replay: dict[tuple[str, bytes], ReplayWindow] = {}
         self._outbox: list[Outgoing] = []
+        #: Record pulls asked for: name -> ((generation, max_version), when).
+        self._pulls: dict[str, tuple[tuple[int, int], float]] = {}
         self._events: list[GossipEvent] = []
         self.members: dict[str, Member] = {}
         me = Member(name, generation, addr, status_since=now, last_heard=now)
@@ -601,6 +603,10 @@ class GossipNode:
     def _probe_timeout(self) -> float:
         return self.config.probe_timeout * (1 + self.local_health)
 
+    def _pull_wait(self) -> float:
+        """How long a pull may take before an announcement asks again."""
+        return 4 * self._probe_timeout()
+
     def _heartbeat_period(self) -> float:
         return self.config.interval * self.config.heartbeat_every
 
@@ -854,6 +860,8 @@ class GossipNode:
 
     def _collect_garbage(self, now: float) -> None:
         c = self.config
+        wait = self._pull_wait()
+        self._pulls = {k: v for k, v in self._pulls.items() if now - v[1] < wait}
         for name in sorted(self._live_departed()):
             m = self.members[name]
             if now - m.status_since >= c.dead_grace:
@@ -1005,6 +1013,13 @@ class GossipNode:
                 or rec.generation < a.entry.generation
                 or (rec.generation == a.entry.generation and rec.max_version < a.entry.max_version)
             ):
+                # Announcements of one change arrive from several peers at once:
+                # pull it once, unless that pull has had time to fail.
+                asked = self._pulls.get(a.entry.name)
+                version = (a.entry.generation, a.entry.max_version)
+                if asked is not None and asked[0] >= version and now - asked[1] < self._pull_wait():
+                    continue
+                self._pulls[a.entry.name] = (version, now)
                 gaps.append(rec.digest() if rec else DigestEntry(a.entry.name, 0, 0))
         if gaps:
             # Pull what we are missing from the node that knows it.

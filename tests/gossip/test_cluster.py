@@ -297,3 +297,20 @@ def test_statuses_are_exposed_with_evidence() -> None:
     assert net.run_until_true(lambda: observer.members["node2"].status == Status.DEAD, 10)
     assert observer.evidence("node2", net.now)["status"] == "dead"
     assert observer.evidence("node1", net.now)["last_heard_s"] < 2
+
+
+def test_a_large_change_is_pulled_once_per_node() -> None:
+    """A record too big for a datagram is announced; announcements reach a node
+    from several peers at once, and it pulls the record once, not once each."""
+    from sim.network import LinkModel, bootstrap
+
+    net = bootstrap(20, seed=9, link=LinkModel(latency=0.001, jitter=0.001), keyring=KEY)
+    net.run_for(2)
+    frames0 = sum(sn.node.counters["frames_out"] for sn in net.live())
+    writer = net.nodes["node4"]
+    writer.node.set_key("blob", "x" * 4096, net.now)
+    net._flush(writer)
+    net.run_for(1.0)
+    assert all(sn.node.record("node4").get("blob") == "x" * 4096 for sn in net.live())  # type: ignore[union-attr]
+    frames = sum(sn.node.counters["frames_out"] for sn in net.live()) - frames0
+    assert frames <= 1.2 * 19, frames  # one 4 KB transfer per other node, give or take
