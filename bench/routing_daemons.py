@@ -100,7 +100,7 @@ def _ms(text: str) -> float:
 
 
 def wrk(wrk_bin: str, script: Path, url: str, conns: int, seconds: float) -> subprocess.Popen[str]:
-    cmd = [wrk_bin, "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency"]
+    cmd = [wrk_bin, "-t", "1", "-c", str(conns), "-d", f"{max(1, round(seconds))}s", "--latency"]
     cmd += ["-s", str(script), url]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

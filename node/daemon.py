@@ -552,23 +552,29 @@ class Daemon:
                     queue=_num(ld.get("queue")) + _num(ld.get("in_flight")),
                     age_s=max(0.0, now - rec.updated_at),
                     service_s=1.0 / throughput if throughput > 0 else 0.0,
-                    others_inflight=self._others_inflight(name),
+                    others_inflight=self._others_inflight(
+                        name, now, 1.0 / throughput if throughput > 0 else 0.0
+                    ),
                     own_inflight=self.own_inflight.get(name, 0),
                     own_sent_since=self.sent_since.get(name, 0),
                 )
             )
         return out
 
-    def _others_inflight(self, dest: str) -> float:
-        """What every other router has in flight at `dest`, from their records."""
+    def _others_inflight(self, dest: str, now: float, service_s: float) -> float:
+        """What every other router has in flight at `dest`, from their records,
+        each count drained for its age like a load report."""
         total = 0.0
         for name in self.node.members:
             if name == self.name:
                 continue
             rec = self.node.record(name)
             counts = rec.get("inflight") if rec is not None else None
-            if isinstance(counts, dict):
-                total += _num(counts.get(dest))
+            if isinstance(counts, dict) and rec is not None:
+                n = _num(counts.get(dest))
+                if n and service_s > 0:
+                    n = max(0.0, n - (now - rec.updated_at) / service_s)
+                total += n
         return total
 
     def note_sent(self, dest: str) -> None:

@@ -35,7 +35,8 @@ class Candidate:
     age_s: float = 0.0
     #: Its mean service time per request (its gossiped EWMA); 0 if unknown.
     service_s: float = 0.0
-    #: Requests every other router has in flight there (as gossiped).
+    #: Requests every other router has in flight there (as gossiped, each
+    #: router's count drained for its age like a load report).
     others_inflight: float = 0.0
     #: Ours, exact.
     own_inflight: int = 0

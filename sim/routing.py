@@ -37,6 +37,7 @@ class _Router:
     rr: int = 0
     inflight: dict[int, int] = field(default_factory=dict)  # exact, own
     published: dict[int, int] = field(default_factory=dict)  # as last gossiped
+    published_at: float = 0.0
     sent_since: dict[int, int] = field(default_factory=dict)  # own sends since snapshot
 
 
@@ -94,7 +95,7 @@ def choose(
     snapshot: list[int],
     snapshot_age: Callable[[int], float],
     true_queue: list[int],
-    others_inflight: Callable[[int], int],
+    others_inflight: Callable[[int], float],
     service_of: Callable[[int], float],
     exclude: set[int],
 ) -> int:
@@ -197,8 +198,17 @@ def simulate(
     warmup = requests // 10
     now = 0.0
 
-    def others(r: int) -> Callable[[int], int]:
-        return lambda i: sum(rt.published.get(i, 0) for j, rt in enumerate(rts) if j != r)
+    def others(r: int) -> Callable[[int], float]:
+        # Each router's gossiped count, drained for its age like a load report.
+        def at(i: int) -> float:
+            total = 0.0
+            for j, rt in enumerate(rts):
+                n = rt.published.get(i, 0)
+                if n and j != r:
+                    total += max(0.0, n - (now - rt.published_at) / per_request[i])
+            return total
+
+        return at
 
     def start_batch(i: int) -> None:
         w = waiting[i]
@@ -264,7 +274,8 @@ def simulate(
                 rt.sent_since.pop(a, None)
             push(now + interval_s, SNAP, a)
         else:  # PUBLISH: a router gossips its in-flight counts
-            rts[a].published = dict(rts[a].inflight)
+            rts[a].published = {k: v for k, v in rts[a].inflight.items() if v}
+            rts[a].published_at = now
             push(now + interval_s, PUBLISH, a)
     times.sort()
     mean = sum(times) / len(times) if times else math.nan
