@@ -34,8 +34,13 @@ class GossipConfig:
     #: (0 disables it; `anti_entropy_full` sends a whole digest window instead).
     anti_entropy_every: int = 10
     anti_entropy_full: bool = False
-    #: Forward news to `fanout` peers the moment it arrives, not at the next round.
+    #: Forward news to `eager_fanout` peers the moment it arrives, not at the
+    #: next round. Each copy is charged to the retransmit budget, so a wider
+    #: eager wave costs no more in all; it leaves fewer nodes to wait for a
+    #: round (simulated, N = 40: median slowest peer 51 ms -> 1.6 ms with 5
+    #: instead of 3; see docs/benchmarks.md).
     eager_push: bool = True
+    eager_fanout: int = 5
     #: Digest entries per SYN: the digest is a rotating window, never O(N).
     digest_window: int = 24
     #: Every this many rounds, knock on one dead or removed member (1 s; free
@@ -66,8 +71,8 @@ class GossipConfig:
             raise ValueError("heartbeat_every, anti_entropy_every, retransmit_mult must be >= 0")
         if self.reconnect_every < 1 or self.random_probe_every < 1:
             raise ValueError("reconnect_every and random_probe_every must be >= 1")
-        if self.fanout < 1:
-            raise ValueError("fanout must be at least 1")
+        if self.fanout < 1 or self.eager_fanout < 1:
+            raise ValueError("fanout and eager_fanout must be at least 1")
         if self.suspicion_max < self.suspicion_min:
             raise ValueError("suspicion_max must be >= suspicion_min")
         if not 256 <= self.max_datagram <= 65_000:

@@ -1072,7 +1072,7 @@ class GossipNode:
         """Eager push: send pending updates to `fanout` random peers right away."""
         if not self.config.eager_push:
             return
-        self._push_to(self._random_peers(self.config.fanout), now)
+        self._push_to(self._random_peers(self.config.eager_fanout), now)
 
     def _push_to(self, peers: list[str], now: float) -> None:
         """One PUSH of pending updates, built and encoded once, sealed per peer;
