@@ -3,16 +3,13 @@
     .venv/bin/python bench/sim_fidelity.py                  # N = 10 and 40
     .venv/bin/python bench/sim_fidelity.py --nodes 10 --trials 10 --json
 
-1. Calibrate on 5 real daemons only. The simulator's host model (this
-   machine's cores, shared by every node, each message costing a service
-   time) has one free parameter, the service time per message; it is fitted
-   so that the simulator reproduces the 5-node cluster's dissemination p50.
-   For reference the calibration also reports the CPU the daemons account per
-   delivered message (CPU ticks over a burst of changes, less the idle rate
-   and the HTTP cost of the PUTs) and the first hop's delay: the fitted
-   service time is larger, the wall-clock cost of a message on a shared host
-   (wake-ups, context switches, contention) beyond the CPU a process is
-   charged.
+1. Calibrate on 5 real daemons only: the CPU the cluster spends per gossip
+   message delivered (all daemons' CPU ticks over a burst of changes, less the
+   idle rate and less the HTTP cost of the PUTs, measured with PUTs that change
+   nothing) becomes the host model's service time per message, on this
+   machine's cores shared by every node; the first hop's delay (the first
+   peer's event time minus the origin's own `local-update` time) less that
+   service time becomes the link latency.
 2. Measure N real daemons on loopback: `--trials` tag changes (each peer's
    own event time minus the origin's), and `--kills` SIGKILLs (each peer's
    `member-dead` event minus the kill).
@@ -200,19 +197,6 @@ def simulate(
     }
 
 
-def fit_service_time(p50_small: float, n: int, trials: int) -> float:
-    """The per-message service time (µs) at which the simulator reproduces the
-    small cluster's dissemination p50: bisection on a log scale."""
-    lo, hi = 10.0, 20_000.0
-    for _ in range(14):
-        mid = (lo * hi) ** 0.5
-        if simulate(n, mid, trials, 0, 2)["p50_s"] < p50_small:
-            lo = mid
-        else:
-            hi = mid
-    return round((lo * hi) ** 0.5, 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", default="10,40")
@@ -235,16 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="rumor-fidelity-") as tmp:
         cal = calibrate(Path(tmp), args.calibration_changes, say)
-        small = measure(5, Path(tmp), args.trials, 0, rng, say)
-        cal["loopback_p50_s_at_5"] = round(small["p50_s"], 5)
-        cal["service_us"] = fit_service_time(small["p50_s"], 5, args.trials)
+        cal["service_us"] = cal["cpu_per_message_us"]
+        cal["latency_ms"] = round(max(0.01, cal["hop_p50_ms"] - cal["service_us"] / 1000), 3)
         report["calibration"] = cal
         say(f"calibration: {cal}")
         rows = []
         for n in sizes:
             real = measure(n, Path(tmp), args.trials, args.kills, rng, say)
             say(f"simulating N={n}")
-            sim = simulate(n, cal["service_us"], args.trials, args.kills, args.seeds)
+            sim = simulate(
+                n, cal["service_us"], args.trials, args.kills, args.seeds, cal["latency_ms"]
+            )
             row: dict[str, Any] = {"nodes": n, "loopback": {}, "sim": {}, "sim_over_loopback": {}}
             for key in ("p50_s", "max_s", "detection_s"):
                 row["loopback"][key] = round(real[key], 4)
@@ -253,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             row["sim"]["model"] = {
                 "cores": os.cpu_count(),
                 "service_us": cal["service_us"],
-                "latency_ms": 0.05,
+                "latency_ms": cal["latency_ms"],
             }
             row["within_20pct"] = all(0.8 <= v <= 1.2 for v in row["sim_over_loopback"].values())
             rows.append(row)

@@ -38,8 +38,9 @@ class NodeConfig:
     request_timeout: float = 30.0
     forward_retries: int = 2
     #: Router: keep the local replica unless worse than the best sampled by this
-    #: many requests (saves a network hop).
-    local_margin: float = 1.0
+    #: many requests (saves a network hop). Negative: the model's max batch
+    #: size, since requests that fit in one batch add no queueing delay.
+    local_margin: float = -1.0
     #: "rumor" (node.router), or a baseline for comparisons: "random", "round_robin".
     router: str = "rumor"
     #: Admission control: a model's queue this deep answers "busy" (0: twice its
@@ -73,8 +74,8 @@ class NodeConfig:
             raise ConfigError("max_body_bytes", "must be at least 1024")
         if self.drain_timeout < 0 or self.request_timeout <= 0:
             raise ConfigError("drain_timeout", "must be >= 0 (request_timeout > 0)")
-        if self.forward_retries < 0 or self.busy_queue < 0 or self.local_margin < 0:
-            raise ConfigError("forward_retries", "forward_retries, busy_queue, local_margin >= 0")
+        if self.forward_retries < 0 or self.busy_queue < 0:
+            raise ConfigError("forward_retries", "forward_retries and busy_queue must be >= 0")
         if self.router not in ROUTERS:
             raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}")
         if self.placement_hold < 0 or self.placement_unload_hold < 0:

@@ -522,9 +522,11 @@ class Daemon:
                 return self._rng.choice(names)
             self._rr += 1
             return names[self._rr % len(names)]
-        chosen = pick(
-            self.candidates(model, exclude), self._rng, local_margin=self.config.local_margin
-        )
+        margin = self.config.local_margin
+        if margin < 0:
+            status = self.inference.status(model)
+            margin = float(status.config.max_batch_size) if status is not None else 1.0
+        chosen = pick(self.candidates(model, exclude), self._rng, local_margin=margin)
         return chosen.name if chosen is not None else None
 
     def candidates(self, model: str, exclude: set[str]) -> list[Candidate]:

@@ -211,8 +211,8 @@ def build_app(daemon: Daemon) -> Starlette:
         if daemon.draining:
             return _error(503, "node is shutting down", trace, {"Retry-After": "1"})
         try:
+            # Parsed only where it is served: a forwarding node passes the bytes on.
             body = await read_body(request)
-            payload = _parse_infer(body)
         except HTTPError as e:
             return _error(e.status, e.message, trace)
         daemon.in_flight += 1
@@ -221,7 +221,7 @@ def build_app(daemon: Daemon) -> Starlette:
         daemon.request_scopes.add(scope)
         try:
             with scope:
-                response = await _route(m, body, payload, trace, forwarded, t0, final)
+                response = await _route(m, body, trace, forwarded, t0, final)
             if response is None:
                 response = _error(
                     503,
@@ -259,7 +259,6 @@ def build_app(daemon: Daemon) -> Starlette:
     async def _route(
         m: str,
         body: bytes,
-        payload: dict[str, Any],
         trace: str,
         forwarded: bool,
         t0: float,
@@ -273,7 +272,7 @@ def build_app(daemon: Daemon) -> Starlette:
                 )
             if daemon.busy(m) and request_final != "1":
                 return _busy(m, trace)
-            return await _serve_local(m, payload, trace, t0)
+            return await _serve_local(m, body, trace, t0)
         last_error = None
         attempts = 1 + cfg.forward_retries
         for attempt in range(attempts):
@@ -286,7 +285,7 @@ def build_app(daemon: Daemon) -> Starlette:
                 if daemon.busy(m) and not final:
                     last_error = _busy(m, trace)
                     continue
-                resp = await _serve_local(m, payload, trace, t0)
+                resp = await _serve_local(m, body, trace, t0)
                 if resp.status_code != 503:
                     return resp
                 last_error = resp
@@ -323,8 +322,10 @@ def build_app(daemon: Daemon) -> Starlette:
             return _error(404, f"model {m!r} is not known to this cluster", trace)
         return _error(503, f"model {m!r} has no ready replica", trace, {"Retry-After": "1"})
 
-    async def _serve_local(m: str, payload: dict[str, Any], trace: str, t0: float) -> Response:
+    async def _serve_local(m: str, body: bytes, trace: str, t0: float) -> Response:
+        payload: dict[str, Any] = {}
         try:
+            payload = _parse_infer(body)
             inputs = _to_tensors(payload)
             out = await daemon.inference.infer(
                 m, inputs, timeout_s=cfg.request_timeout, as_list=False
