@@ -36,6 +36,8 @@ from inference.errors import (
     RequestTimeout,
 )
 
+from .forward import Forwarder, ForwardError
+
 if TYPE_CHECKING:
     import torch
 
@@ -61,6 +63,8 @@ FORWARDED = "x-rumor-forwarded"
 TRACE = "x-rumor-trace-id"
 SERVED_BY = "x-rumor-served-by"
 BUSY = "x-rumor-busy"
+PASSED_HEADERS = ("content-type", "x-rumor-served-by", "x-rumor-trace-id", "x-rumor-busy",
+                  "retry-after")  # fmt: skip
 FINAL = "x-rumor-final-attempt"
 
 
@@ -142,6 +146,7 @@ def build_app(daemon: Daemon) -> Starlette:
         registry=registry,
     )
     client = httpx.AsyncClient(timeout=cfg.request_timeout)
+    forwarder = Forwarder(cfg.request_timeout)
 
     async def read_body(request: Request) -> bytes:
         size = int(request.headers.get("content-length") or 0)
@@ -298,24 +303,20 @@ def build_app(daemon: Daemon) -> Starlette:
                 headers[FINAL] = "1"  # the last try is admitted up to the hard queue bound
             daemon.note_sent(target)
             try:
-                r = await client.post(
-                    f"http://{http}/v2/models/{m}/infer", content=body, headers=headers
-                )
-            except httpx.HTTPError as e:
+                r = await forwarder.post(http, f"/v2/models/{m}/infer", body, headers)
+            except ForwardError as e:
                 routing.labels("retried").inc()
                 last_error = _error(502, f"forward to {target} failed: {e}", trace)
                 continue
             finally:
                 daemon.note_done(target)
-            if r.status_code in (502, 503, 504):
+            passed = {k: v for k, v in r.headers.items() if k in PASSED_HEADERS}
+            if r.status in (502, 503, 504):
                 routing.labels("busy_met" if r.headers.get(BUSY) else "retried").inc()
-                last_error = Response(r.content, status_code=r.status_code, headers=dict(r.headers))
+                last_error = Response(r.content, status_code=r.status, headers=passed)
                 continue
             duration.labels(m, "forwarded").observe(time.perf_counter() - t0)
-            headers = {
-                k: v for k, v in r.headers.items() if k in (SERVED_BY, TRACE, "content-type")
-            }
-            return Response(r.content, status_code=r.status_code, headers=headers)
+            return Response(r.content, status_code=r.status, headers=passed)
         if last_error is not None:
             return last_error
         if not daemon.known_model(m):

@@ -1,0 +1,128 @@
+"""The forward hop: keep-alive HTTP/1.1 connections to peers, for passing an
+inference request on to the replica the router chose.
+
+h11 (the HTTP/1.1 protocol library hypercorn itself is built on) over trio
+streams. httpx did this job first; profiled under load it spent 1-2 ms of CPU
+per forwarded request, most of a forwarding node's time, so the hop cost more
+than serving the request. This keeps one pool of idle connections per peer and
+does nothing else: no redirects, cookies, auth or decompression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+import trio
+
+
+class ForwardError(Exception):
+    """The peer could not be reached or answered with broken HTTP."""
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    content: bytes
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+
+
+class Forwarder:
+    def __init__(self, timeout: float, max_idle_per_peer: int = 32) -> None:
+        self.timeout = timeout
+        self.max_idle = max_idle_per_peer
+        self._idle: dict[str, list[_Conn]] = {}
+
+    async def post(self, hostport: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        """POST `body`; a stale pooled connection is retried once on a fresh one."""
+        try:
+            with trio.fail_after(self.timeout):
+                pooled = self._idle.get(hostport)
+                if pooled:
+                    conn = pooled.pop()
+                    try:
+                        return await self._exchange(conn, hostport, path, body, headers)
+                    except _Stale:
+                        pass  # the peer closed it while idle: dial again
+                conn = await self._dial(hostport)
+                try:
+                    return await self._exchange(conn, hostport, path, body, headers)
+                except _Stale as e:
+                    raise ForwardError(f"{hostport} closed the connection") from e
+        except trio.TooSlowError:
+            raise ForwardError(f"{hostport} did not answer within {self.timeout:g} s") from None
+        except (OSError, h11.ProtocolError, trio.BrokenResourceError) as e:
+            raise ForwardError(f"{hostport}: {e}") from None
+
+    async def _dial(self, hostport: str) -> _Conn:
+        host, _, port = hostport.rpartition(":")
+        stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+        return _Conn(stream)
+
+    async def _exchange(
+        self, conn: _Conn, hostport: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> Answer:
+        fields = [("host", hostport), ("content-length", str(len(body)))]
+        fields += [
+            (k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")
+        ]
+        out = conn.h11.send(h11.Request(method="POST", target=path, headers=fields))
+        out = (out or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
+        out += conn.h11.send(h11.EndOfMessage()) or b""
+        got_any = False
+        try:
+            await conn.stream.send_all(out)
+            status, answer_headers, chunks = 0, {}, []
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    data = await conn.stream.receive_some(65536)
+                    if not data and not got_any:
+                        raise _Stale
+                    conn.h11.receive_data(data)
+                    got_any = True
+                    continue
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                    answer_headers = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ForwardError(f"{hostport} closed the connection mid-answer")
+        except (trio.BrokenResourceError, ConnectionError) as e:
+            await conn.stream.aclose()
+            if not got_any:
+                raise _Stale from e
+            raise ForwardError(f"{hostport}: {e}") from None
+        except BaseException:
+            await trio.aclose_forcefully(conn.stream)
+            raise
+        self._release(conn, hostport)
+        return Answer(status, answer_headers, b"".join(chunks))
+
+    def _release(self, conn: _Conn, hostport: str) -> None:
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            pool = self._idle.setdefault(hostport, [])
+            if len(pool) < self.max_idle:
+                pool.append(conn)
+                return
+        conn.stream.socket.close()
+
+    async def aclose(self) -> None:
+        for pool in self._idle.values():
+            for conn in pool:
+                await trio.aclose_forcefully(conn.stream)
+        self._idle.clear()
+
+
+class _Stale(Exception):
+    """A pooled connection the peer had already closed (nothing was answered)."""
