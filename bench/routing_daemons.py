@@ -170,8 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=32, help="connections for the skew runs")
     ap.add_argument("--max-nodes", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--torch-threads",
+        default="1",
+        help="OMP_NUM_THREADS for every daemon (default 1: on 2 cores, several daemons' "
+        "spinning OpenMP pools starve each other; 'auto' leaves torch's default)",
+    )
     args = ap.parse_args(argv)
     wrk_bin = ensure_tool("wrk", "wrk")
+    if args.torch_threads != "auto":
+        os.environ["OMP_NUM_THREADS"] = args.torch_threads
 
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores",
         "seconds": args.seconds,
+        "torch_threads": args.torch_threads,
     }
     with tempfile.TemporaryDirectory(prefix="rumor-routing-") as tmp:
         script = Path(tmp) / "post.lua"
