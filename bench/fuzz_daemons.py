@@ -44,6 +44,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import say  # noqa: E402
 from gossip.core import Datagram, GossipNode  # noqa: E402
 from gossip.crypto import Keyring, Opener, Sealer  # noqa: E402
 
@@ -375,9 +376,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.budget < 100:
         ap.error("--budget must be at least 100")
-
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     t = time.time()
     report = run_fuzz(args.budget, args.seed, args.http, say)

@@ -34,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serf_compare import ensure_tool  # noqa: E402
+from bench.common import ensure_tool, say  # noqa: E402
 from node.commands import spawn_node  # noqa: E402
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.1] * 256}]}
@@ -180,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     wrk_bin = ensure_tool("wrk", "wrk")
     if args.torch_threads != "auto":
         os.environ["OMP_NUM_THREADS"] = args.torch_threads
-
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import struct
@@ -46,36 +45,12 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_ticks, ensure_tool, say  # noqa: E402
+
 HOST = "127.0.0.1"
 TAG_BYTES = 4096  # state each rumor node carries (Serf caps its tags at 512 B)
-
-
-# -- tools -----------------------------------------------------------------------
-
-
-def ensure_tool(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path:
-        return path
-    if os.geteuid() != 0:
-        sys.exit(f"serf_compare: {binary} is missing and this is not root: apt install {package}")
-    print(f"installing {package} with apt ...", file=sys.stderr)
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"serf_compare: `{' '.join(cmd)}` failed: {r.stderr.strip()[-500:]}")
-    path = shutil.which(binary)
-    if not path:
-        sys.exit(f"serf_compare: {package} installed but {binary} is not on PATH")
-    return path
-
-
-def cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def pcap_bytes(path: Path, start: float, end: float) -> tuple[int, int]:
@@ -414,7 +389,6 @@ def measure(
     trials: int,
     rng: random.Random,
     settle_s: float,
-    say: Any,
     kills: int = 3,
 ) -> dict[str, Any]:
     n = cluster.n
@@ -535,57 +509,46 @@ def measure(
     return out
 
 
-def run_n(n: int, args: argparse.Namespace, serf: str, tcpdump: str, say: Any) -> list[dict]:
+def run_n(n: int, args: argparse.Namespace, serf: str, tcpdump: str) -> list[dict]:
     rng = random.Random(args.seed * 1000 + n)
     results = []
     with tempfile.TemporaryDirectory(prefix=f"serfcmp{n}-") as tmp:
         s = SerfCluster(n, Path(tmp) / "serf")
-        s.work.mkdir()
-        try:
-            say(f"serf N={n}: starting {n} agents")
-            s.start(serf)
-            t = time.time()
-            if not s.wait_converged(serf, 120):
-                raise RuntimeError(f"serf N={n} did not converge in 120 s")
-            say(f"serf N={n}: all alive everywhere after {time.time() - t:.1f} s")
-            results.append(
-                measure(
-                    s,
-                    set_tag=lambda i, v: s.set_tag(i, v, serf),
-                    tcpdump=tcpdump,
-                    idle_s=args.idle,
-                    trials=args.trials,
-                    rng=rng,
-                    settle_s=args.settle,
-                    say=say,
-                )
-            )
-        finally:
-            s.stop()
         r = RumorCluster(n, Path(tmp) / "rumor")
-        r.work.mkdir()
-        try:
-            say(f"rumor N={n}: starting {n} daemons")
-            r.start(args.interval, args.fanout)
-            t = time.time()
+
+        def rumor_ready() -> bool:  # converged, then 4 KB of tags on every node
             if not r.wait_converged(180):
-                raise RuntimeError(f"rumor N={n} did not converge in 180 s")
+                return False
             r.load_state()
-            say(f"rumor N={n}: all alive everywhere after {time.time() - t:.1f} s, 4 KB tags set")
-            results.append(
-                measure(
-                    r,
-                    set_tag=r.set_tag,
-                    tcpdump=tcpdump,
-                    idle_s=args.idle,
-                    trials=args.trials,
-                    rng=rng,
-                    settle_s=args.settle,
-                    say=say,
+            return True
+
+        for cluster, start, set_tag, converge, what in (
+            (s, lambda: s.start(serf), lambda i, v: s.set_tag(i, v, serf),
+             lambda: s.wait_converged(serf, 120), "agents"),
+            (r, lambda: r.start(args.interval, args.fanout), r.set_tag,
+             rumor_ready, "daemons"),
+        ):  # fmt: skip
+            cluster.work.mkdir()
+            try:
+                say(f"{cluster.name} N={n}: starting {n} {what}")
+                start()
+                t = time.time()
+                if not converge():
+                    raise RuntimeError(f"{cluster.name} N={n} did not converge")
+                say(f"{cluster.name} N={n}: all alive everywhere after {time.time() - t:.1f} s")
+                results.append(
+                    measure(
+                        cluster,
+                        set_tag=set_tag,
+                        tcpdump=tcpdump,
+                        idle_s=args.idle,
+                        trials=args.trials,
+                        rng=rng,
+                        settle_s=args.settle,
+                    )
                 )
-            )
-        finally:
-            r.stop()
+            finally:
+                cluster.stop()
     return results
 
 
@@ -643,12 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run([serf, "version"], capture_output=True, text=True).stdout
     version = "serf " + version.split("\n")[0].removeprefix("Serf ")
 
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
     runs: list[dict[str, Any]] = []
     for n in sizes:
-        runs += run_n(n, args, serf, tcpdump, say)
+        runs += run_n(n, args, serf, tcpdump)
     by = {(r["system"], r["nodes"]): r for r in runs}
     report = {
         "date": time.strftime("%Y-%m-%d"),

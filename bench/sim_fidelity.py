@@ -38,7 +38,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serf_compare import RumorCluster, cpu_ticks  # noqa: E402
+from bench.common import cpu_ticks, say  # noqa: E402
+from bench.serf_compare import RumorCluster  # noqa: E402
 from sim.runner import run_scenario  # noqa: E402
 from sim.scenario import Event, Scenario  # noqa: E402
 
@@ -208,9 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.nodes.split(",") if x]
-
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     rng = random.Random(args.seed)
     report: dict[str, Any] = {

@@ -37,6 +37,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import say  # noqa: E402
+
 N = 5
 BODY = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.1] * 256}]}
 
@@ -161,9 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="rumor-soak-") as tmp:
         c = Cluster(Path(tmp))

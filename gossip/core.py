@@ -15,8 +15,8 @@ trio daemon and the simulator run this same class.
 Design, in brief (docs/PROTOCOL.md has the wire format):
 
 - Dissemination: a local change or newly learned state is pushed at once to
-  `fanout` random peers (infect-and-forward), then retransmitted on later
-  rounds up to retransmit_mult * ceil(log10(N+1)) times (memberlist's limit).
+  `eager_fanout` random peers (infect-and-forward), then to `fanout` on later
+  rounds, up to retransmit_mult * ceil(log10(N+1)) copies (memberlist's limit).
 - Anti-entropy: scuttlebutt digests, exchanged as SYN -> SYNACK -> ACK2. The
   digest is a rotating window of at most `digest_window` entries, so no
   message grows with N; idle peers compare an 8-byte state hash and stay quiet.
@@ -144,7 +144,7 @@ class _Probe:
     relay_seq: int = 0
     light: bool = False  # a direct ping only; escalates to a full probe on timeout
     helpers: int = 0  # PING_REQs sent (each helper nacks if it cannot reach the target)
-    nacks: int = 0
+    nackers: set[str] = field(default_factory=set)  # helpers that did (each counted once)
 
 
 class GossipNode:
@@ -309,20 +309,10 @@ class GossipNode:
 
     def receive_datagram(self, data: bytes, src: Addr, now: float) -> None:
         """Handle one datagram. Never raises for anything the peer sent."""
-        self.counters["datagrams_in"] += 1
-        self.counters["bytes_in"] += len(data)
-        if len(data) > self.config.max_datagram:
-            self._drop("oversized", src)
-            return
         self._receive(data, src, now, stream=False)
 
     def receive_stream(self, frame: bytes, src: Addr, now: float) -> None:
         """Handle one frame of a TCP bulk stream (same envelope, larger limit)."""
-        self.counters["frames_in"] += 1
-        self.counters["bytes_in"] += len(frame)
-        if len(frame) > self.config.max_stream_frame:
-            self._drop("oversized", src)
-            return
         self._receive(frame, src, now, stream=True)
 
     def _drop(self, reason: str, src: Addr, detail: str = "") -> None:
@@ -331,12 +321,17 @@ class GossipNode:
         log.debug("drop from %s:%s: %s %s", src[0], src[1], reason, detail)
 
     def _receive(self, data: bytes, src: Addr, now: float, stream: bool) -> None:
+        self.counters["frames_in" if stream else "datagrams_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        limit = self.config.max_stream_frame if stream else self.config.max_datagram
+        if len(data) > limit:
+            self._drop("oversized", src)
+            return
         if self.left:
             return
         self._clock = max(self._clock, now)
         try:
             plaintext, nonce = self._opener.open(data)
-            limit = self.config.max_stream_frame if stream else self.config.max_datagram
             msg = decode_message(plaintext, limit)
             self._check_sender(msg, nonce, src, stream)
             # Every part of the message is validated here, before anything is
@@ -404,8 +399,8 @@ class GossipNode:
             self._on_ack(msg, now)
         elif t == MsgType.NACK:
             probe = self._probes.get(msg.seq)
-            if probe is not None and probe.relay_to is None:
-                probe.nacks = min(probe.helpers, probe.nacks + 1)
+            if probe is not None and probe.relay_to is None and len(probe.nackers) < probe.helpers:
+                probe.nackers.add(msg.sender)  # a duplicated NACK counts once
         elif t == MsgType.PING_REQ:
             assert msg.target_addr is not None
             seq = self._next_seq()
@@ -664,7 +659,7 @@ class GossipNode:
                 continue
             # Lifeguard: a failed probe counts against our own health only when
             # helpers stayed silent too (no NACK): then the problem may be ours.
-            missing = probe.helpers - probe.nacks if probe.helpers else 1
+            missing = probe.helpers - len(probe.nackers) if probe.helpers else 1
             self.local_health = min(self.config.max_local_health, self.local_health + missing)
             self.counters["probe_failures"] += 1
             if m.status == Status.ALIVE:
@@ -1069,7 +1064,7 @@ class GossipNode:
         self._push_now(now)
 
     def _push_now(self, now: float) -> None:
-        """Eager push: send pending updates to `fanout` random peers right away."""
+        """Eager push: send pending updates to `eager_fanout` random peers right away."""
         if not self.config.eager_push:
             return
         self._push_to(self._random_peers(self.config.eager_fanout), now)

@@ -3,8 +3,10 @@
     daemon = Daemon(config)
     await nursery.start(daemon.run)   # returns once every socket is bound
 
-The node's gossiped record holds `http`, `models`, `load` and `device`; it is
-rewritten whenever a value changes, at most once per gossip interval.
+The node's gossiped record holds `http`, `models`, `load`, `device`, `inflight`
+(this router's per-destination in-flight counts) and one `tag:NAME` key per
+tag; it is rewritten whenever a value changes, at most once per gossip
+interval, by the same loop that runs placement.
 """
 
 from __future__ import annotations
@@ -124,7 +126,6 @@ class Daemon:
                 self.inference.load(mc)
             self.http_addr = await nursery.start(serve_http, self)
             nursery.start_soon(self._publish_loop)
-            nursery.start_soon(self._placement_loop)
             bound = {
                 "name": self.name,
                 "gossip": _fmt(self.gossip.addr or ("?", 0)),
@@ -327,12 +328,6 @@ class Daemon:
             if self._nursery is not None:
                 self._nursery.start_soon(self.inference.unload, m)
 
-    async def _placement_loop(self) -> None:
-        while True:
-            if not self.draining:
-                self.place(trio.current_time())
-            await trio.sleep(self.config.interval)
-
     def placement_view(self) -> dict[str, Any]:
         """Target against actual replicas, per catalog model (for `rumor status`)."""
         targets = self.replica_targets()
@@ -396,7 +391,10 @@ class Daemon:
             self.gossip.kick()
 
     async def _publish_loop(self) -> None:
+        """Once per gossip interval: placement, the record, persistence."""
         while True:
+            if not self.draining:
+                self.place(trio.current_time())
             self.publish()
             if self._state_dirty:
                 self.save_state()
@@ -428,13 +426,10 @@ class Daemon:
                 self._state_dirty = True  # remote operator data: persist it too
             # The log is the daemon's own timestamped event record (like Serf's
             # handlers); record updates are frequent under load, so only at debug.
-            log.log(
-                logging.DEBUG if kind in ("member-update", "catalog-update") else logging.INFO,
-                "%s %s",
-                kind,
-                ev.member,
-                extra={"event": kind, "member": ev.member, "keys": list(ev.keys or ())},
-            )
+            level = logging.DEBUG if kind in ("member-update", "catalog-update") else logging.INFO
+            if log.isEnabledFor(level):
+                extra = {"event": kind, "member": ev.member, "keys": list(ev.keys or ())}
+                log.log(level, "%s %s", kind, ev.member, extra=extra)
             if ev.keys:  # every `tag:NAME` key is reported as "tags"
                 item["keys"] = sorted({"tags" if k.startswith(TAG_PREFIX) else k for k in ev.keys})
                 if "models" in ev.keys:
@@ -492,18 +487,14 @@ class Daemon:
         for name, m in sorted(self.node.members.items()):
             if m.status != Status.ALIVE:
                 continue
-            rec = self.node.record(name)
-            if rec is None:
-                continue
-            models = rec.get("models") or {}
-            if isinstance(models, dict) and (models.get(model) or {}).get("state") == "ready":
+            info = model_info(self.node.record(name), model)
+            if info is not None and info.get("state") == "ready":
                 out.append(name)
         return out
 
     def known_model(self, model: str) -> bool:
         for name in self.node.members:
-            rec = self.node.record(name)
-            if rec is not None and model in (rec.get("models") or {}):
+            if model_info(self.node.record(name), model) is not None:
                 return True
         catalog = self.node.crdt("catalog")
         return model in catalog.value
@@ -536,47 +527,54 @@ class Daemon:
             stats = self.inference.stats(model)
             queue = stats.queue + stats.in_flight if stats is not None else 0
             out.append(Candidate(self.name, queue=queue, local=True))  # exact, fresh
-        others = [n for n in self.ready_replicas(model) if n not in exclude and n != self.name]
-        for name in others:
+        reports = {}  # name -> (record, its load, its service time per request)
+        for name in self.ready_replicas(model):
             rec = self.node.record(name)
-            if rec is None:
+            if name in exclude or name == self.name or rec is None:
                 continue
-            ld = rec.get("load") or {}
-            if not isinstance(ld, dict):
-                ld = {}
+            ld = rec.get("load")
+            ld = ld if isinstance(ld, dict) else {}
+            throughput = _num(ld.get("throughput"))
+            reports[name] = (rec, ld, 1.0 / throughput if throughput > 0 else 0.0)
+        others = self._others_inflight(
+            {name: service for name, (_, _, service) in reports.items()}, now
+        )
+        for name, (rec, ld, service) in reports.items():
             if self._report_seen.get(name) != rec.updated_at:
                 self._report_seen[name] = rec.updated_at  # a new report: it saw our sends
                 self.sent_since.pop(name, None)
-            throughput = _num(ld.get("throughput"))
             out.append(
                 Candidate(
                     name,
                     queue=_num(ld.get("queue")) + _num(ld.get("in_flight")),
                     age_s=max(0.0, now - rec.updated_at),
-                    service_s=1.0 / throughput if throughput > 0 else 0.0,
-                    others_inflight=self._others_inflight(
-                        name, now, 1.0 / throughput if throughput > 0 else 0.0
-                    ),
+                    service_s=service,
+                    others_inflight=others.get(name, 0.0),
                     own_inflight=self.own_inflight.get(name, 0),
                     own_sent_since=self.sent_since.get(name, 0),
                 )
             )
         return out
 
-    def _others_inflight(self, dest: str, now: float, service_s: float) -> float:
-        """What every other router has in flight at `dest`, from their records,
-        each count drained for its age like a load report."""
-        total = 0.0
+    def _others_inflight(self, service: dict[str, float], now: float) -> dict[str, float]:
+        """What every other router has in flight at each destination in `service`
+        (its service time per request), from their records, each count drained
+        for its age like a load report. One pass over the members."""
+        total = dict.fromkeys(service, 0.0)
         for name in self.node.members:
-            if name == self.name:
-                continue
-            rec = self.node.record(name)
+            rec = self.node.record(name) if name != self.name else None
             counts = rec.get("inflight") if rec is not None else None
-            if isinstance(counts, dict) and rec is not None:
-                n = _num(counts.get(dest))
-                if n and service_s > 0:
-                    n = max(0.0, n - (now - rec.updated_at) / service_s)
-                total += n
+            if rec is None or not isinstance(counts, dict):
+                continue
+            age = now - rec.updated_at
+            for dest, raw in counts.items():
+                per_request = service.get(dest)
+                n = _num(raw)
+                if per_request is None or not n:
+                    continue
+                if per_request > 0:
+                    n = max(0.0, n - age / per_request)
+                total[dest] += n
         return total
 
     def note_sent(self, dest: str) -> None:
@@ -603,6 +601,14 @@ class Daemon:
         rec = self.node.record(name)
         value = rec.get("http") if rec is not None else None
         return value if isinstance(value, str) and value else None
+
+
+def model_info(rec: Any, model: str) -> dict[str, Any] | None:
+    """`model`'s entry in a member's gossiped record, or None. A peer's record is
+    data, not trusted: anything but a dict where a dict belongs reads as absent."""
+    models = rec.get("models") if rec is not None else None
+    info = models.get(model) if isinstance(models, dict) else None
+    return info if isinstance(info, dict) else None
 
 
 def _int(v: object) -> int:

@@ -39,15 +39,22 @@ PAYLOADS = {
 }
 
 
-def _wait(cond: Callable[[], bool], timeout: float) -> float | None:
+def wait_until(
+    cond: Callable[[], bool],
+    timeout: float,
+    step: float = 0.01,
+    errors: tuple[type[Exception], ...] = (httpx.HTTPError,),
+) -> float | None:
+    """Seconds until `cond()` held (an `errors` exception counts as not yet),
+    or None after `timeout`."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         try:
             if cond():
                 return time.monotonic() - t0
-        except httpx.HTTPError:
+        except errors:
             pass
-        time.sleep(0.01)
+        time.sleep(step)
     return None
 
 
@@ -82,13 +89,13 @@ def run_demo(args: argparse.Namespace) -> int:
         with console.status("starting daemons and loading models..."):
             for name in plan:
                 start(name)
-            formed = _wait(
+            formed = wait_until(
                 lambda: all(
                     sum(m["status"] == "alive" for m in view(o)["members"]) == n for o in plan
                 ),
                 30,
             )
-            ready = _wait(
+            ready = wait_until(
                 lambda: all(
                     client.get(f"http://{bound[o]['http']}/v2/models/{m}/ready").status_code == 200
                     for o in plan
@@ -109,7 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # 1. Convergence: one node's tag change, observed by every other node.
         stamp = str(time.time())
         client.put(f"http://{bound['node1']['http']}/v1/node/tags", json={"demo": stamp})
-        spread = _wait(
+        spread = wait_until(
             lambda: all(
                 next(m for m in view(o)["members"] if m["name"] == "node1")["tags"].get("demo")
                 == stamp
@@ -196,7 +203,7 @@ def run_demo(args: argparse.Namespace) -> int:
         gen_before = next(m["generation"] for m in view("node0")["members"] if m["name"] == victim)
         t0 = time.monotonic()
         start(victim)
-        back = _wait(lambda: all(status(o, victim) == "alive" for o in observers), 20)
+        back = wait_until(lambda: all(status(o, victim) == "alive" for o in observers), 20)
         gen_after = next(m["generation"] for m in view("node0")["members"] if m["name"] == victim)
         figures.append(
             (

@@ -34,9 +34,12 @@ class _Conn:
 
 
 class Forwarder:
-    def __init__(self, timeout: float, max_idle_per_peer: int = 32) -> None:
+    def __init__(
+        self, timeout: float, max_idle_per_peer: int = 32, max_answer: int = 64 << 20
+    ) -> None:
         self.timeout = timeout
         self.max_idle = max_idle_per_peer
+        self.max_answer = max_answer  # bytes: a peer's answer is data, not trusted
         self._idle: dict[str, list[_Conn]] = {}
 
     async def post(self, hostport: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
@@ -57,7 +60,8 @@ class Forwarder:
                     raise ForwardError(f"{hostport} closed the connection") from e
         except trio.TooSlowError:
             raise ForwardError(f"{hostport} did not answer within {self.timeout:g} s") from None
-        except (OSError, h11.ProtocolError, trio.BrokenResourceError) as e:
+        except (OSError, ValueError, h11.ProtocolError, trio.BrokenResourceError) as e:
+            # ValueError: an address in a peer's record that is no HOST:PORT.
             raise ForwardError(f"{hostport}: {e}") from None
 
     async def _dial(self, hostport: str) -> _Conn:
@@ -78,7 +82,7 @@ class Forwarder:
         got_any = False
         try:
             await conn.stream.send_all(out)
-            status, answer_headers, chunks = 0, {}, []
+            status, answer_headers, chunks, size = 0, {}, [], 0
             while True:
                 event = conn.h11.next_event()
                 if event is h11.NEED_DATA:
@@ -93,6 +97,9 @@ class Forwarder:
                     answer_headers = {k.decode(): v.decode() for k, v in event.headers}
                 elif isinstance(event, h11.Data):
                     chunks.append(bytes(event.data))
+                    size += len(event.data)
+                    if size > self.max_answer:
+                        raise ForwardError(f"{hostport} answered more than {self.max_answer} B")
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 elif isinstance(event, h11.ConnectionClosed):

@@ -7,11 +7,13 @@ else; a model with no ready replica is a 503 with Retry-After.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import math
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -149,7 +151,10 @@ def build_app(daemon: Daemon) -> Starlette:
     forwarder = Forwarder(cfg.request_timeout)
 
     async def read_body(request: Request) -> bytes:
-        size = int(request.headers.get("content-length") or 0)
+        try:
+            size = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            raise HTTPError(400, "content-length is not a number") from None
         if size > cfg.max_body_bytes:
             raise HTTPError(413, f"body of {size} bytes exceeds {cfg.max_body_bytes}")
         body = bytearray()
@@ -189,8 +194,8 @@ def build_app(daemon: Daemon) -> Starlette:
                 r = await client.get(
                     f"http://{http}/v2/models/{m}", headers={FORWARDED: "1", TRACE: trace}
                 )
-                if r.status_code == 200:
-                    body = r.json()
+                body = r.json() if r.status_code == 200 else None
+                if isinstance(body, dict):  # a replica's answer is data, not trusted
                     body["ready_replicas"] = replicas
                     return JSONResponse(body, headers={TRACE: trace})
             except (httpx.HTTPError, ValueError):
@@ -238,17 +243,18 @@ def build_app(daemon: Daemon) -> Starlette:
         finally:
             daemon.request_scopes.discard(scope)
             daemon.in_flight -= 1
-            log.info(
-                "infer",
-                extra={
-                    "model": m,
-                    "status": response.status_code if response is not None else 499,
-                    "served_by": response.headers.get(SERVED_BY, "") if response else "",
-                    "trace_id": trace,
-                    "forwarded": forwarded,
-                    "ms": round((time.perf_counter() - t0) * 1000, 2),
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "infer",
+                    extra={
+                        "model": m,
+                        "status": response.status_code if response is not None else 499,
+                        "served_by": response.headers.get(SERVED_BY, "") if response else "",
+                        "trace_id": trace,
+                        "forwarded": forwarded,
+                        "ms": round((time.perf_counter() - t0) * 1000, 2),
+                    },
+                )
 
     def _busy(m: str, trace: str) -> Response:
         """Admission control: above its queue bound a node says so at once, and the
@@ -303,7 +309,8 @@ def build_app(daemon: Daemon) -> Starlette:
                 headers[FINAL] = "1"  # the last try is admitted up to the hard queue bound
             daemon.note_sent(target)
             try:
-                r = await forwarder.post(http, f"/v2/models/{m}/infer", body, headers)
+                path = f"/v2/models/{urllib.parse.quote(m, safe='')}/infer"
+                r = await forwarder.post(http, path, body, headers)
             except ForwardError as e:
                 routing.labels("retried").inc()
                 last_error = _error(502, f"forward to {target} failed: {e}", trace)
@@ -342,11 +349,10 @@ def build_app(daemon: Daemon) -> Starlette:
         except InferenceFailed as e:
             return _error(500, str(e), trace)
         duration.labels(m, "local").observe(time.perf_counter() - t0)
-        import torch  # already loaded: a local model just answered
-
+        _, to_kserve = _torch_dtypes()
         outputs = []
         for name, t in out.items():
-            dtype = next((k for k, v in DTYPES.items() if getattr(torch, v) == t.dtype), "FP32")
+            dtype = to_kserve.get(t.dtype, "FP32")
             flat = (
                 t.float().reshape(-1).tolist() if t.is_floating_point() else t.reshape(-1).tolist()
             )
@@ -526,13 +532,23 @@ def _parse_infer(body: bytes) -> dict[str, Any]:
     return payload
 
 
+@functools.cache
+def _torch_dtypes() -> tuple[dict[str, Any], dict[Any, str]]:
+    """KServe name -> torch dtype, and back; torch is imported on first use."""
+    import torch
+
+    to_torch = {k: getattr(torch, v) for k, v in DTYPES.items()}
+    return to_torch, {v: k for k, v in to_torch.items()}
+
+
 def _to_tensors(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     import torch
 
+    to_torch, _ = _torch_dtypes()
     out = {}
     for i, t in enumerate(payload["inputs"]):
         try:
-            tensor = torch.tensor(t["data"], dtype=getattr(torch, DTYPES[t["datatype"]]))
+            tensor = torch.tensor(t["data"], dtype=to_torch[t["datatype"]])
         except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise HTTPError(400, f"inputs[{i}].data does not match {t['datatype']}: {e}") from None
         n = math.prod(t["shape"])

@@ -217,28 +217,20 @@ class SimNetwork:
             if sn.alive:
                 sn.next_tick = self.now
                 self._schedule(self.now, "tick", sn.name)
-        elif kind in ("datagram", "frame") and self.host is not None:
-            # Arrived in the socket buffer: wait for the node and a free core.
-            dst = self.by_addr.get(payload[1].dst)
-            sender = self.by_addr.get(payload[0])
-            if dst is None or not dst.alive:
-                return True
-            if sender is not None and (dst.name, sender.name) in self.grudges:
-                return True
-            core_free = heapq.heappop(self._cores)
-            start = max(self.now, core_free, dst.busy_until)
-            done = start + self.host.per_message
-            heapq.heappush(self._cores, done)
-            dst.busy_until = done
-            self._schedule(done, "handle-" + kind, payload)
-        else:
-            kind = kind.removeprefix("handle-")
+        else:  # "datagram" / "frame" arriving, or "handle-..." once the host model ran it
             src, out = payload
             dst = self.by_addr.get(out.dst)
             if dst is None or not dst.alive:
                 return True
             sender = self.by_addr.get(src)
             if sender is not None and (dst.name, sender.name) in self.grudges:
+                return True
+            if self.host is not None and not kind.startswith("handle-"):
+                # In the socket buffer: wait for the node and for a free core.
+                start = max(self.now, heapq.heappop(self._cores), dst.busy_until)
+                dst.busy_until = start + self.host.per_message
+                heapq.heappush(self._cores, dst.busy_until)
+                self._schedule(dst.busy_until, "handle-" + kind, payload)
                 return True
             if self.now < dst.paused_until:
                 # Queued in the socket buffer until the process resumes.

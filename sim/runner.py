@@ -71,25 +71,13 @@ def run_scenario(
     keyring = Keyring.generate(random.Random(scn.seed)) if scn.encrypt else None
     host = HostModel(scn.cores, scn.cpu_us / 1e6) if scn.cores else None
     names = [f"node{i}" for i in range(scn.nodes)]
+    net_kw: dict[str, Any] = dict(
+        link=link, config=config, keyring=keyring, bandwidth=scn.bandwidth, host=host
+    )
     if scn.warm_start:
-        net = bootstrap(
-            scn.nodes,
-            scn.seed,
-            link=link,
-            config=config,
-            keyring=keyring,
-            bandwidth=scn.bandwidth,
-            host=host,
-        )
+        net = bootstrap(scn.nodes, scn.seed, **net_kw)
     else:
-        net = SimNetwork(
-            scn.seed,
-            link=link,
-            config=config,
-            keyring=keyring,
-            bandwidth=scn.bandwidth,
-            host=host,
-        )
+        net = SimNetwork(scn.seed, **net_kw)
         net.add_node(names[0])
         for n in names[1:]:
             net.add_node(n, join=[names[0]])

@@ -63,3 +63,10 @@ async def test_unreachable_peer_is_a_forward_error() -> None:
         port = s.getsockname()[1]  # bound, never listening: refused
         with pytest.raises(ForwardError):
             await Forwarder(timeout=2).post(f"127.0.0.1:{port}", "/x", b"", {})
+
+
+async def test_an_address_that_is_no_host_port_is_a_forward_error() -> None:
+    """The address comes from a peer's gossiped record: junk must not escape as a 500."""
+    for junk in ("not-an-address", "10.0.0.1:http", ""):
+        with pytest.raises(ForwardError):
+            await Forwarder(timeout=2).post(junk, "/x", b"", {})

@@ -9,25 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from node.commands import spawn_node
 from node.placement import assign
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            if cond():
-                return time.monotonic() - t0
-        except (httpx.HTTPError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +49,9 @@ def nodes() -> Iterator[dict[str, str]]:
             p.wait(10)
 
 
+NOT_YET = (httpx.HTTPError, KeyError)  # the model is not in the placement view yet
+
+
 def placement(http: str) -> dict:
     return httpx.get(f"http://{http}/v1/cluster").json()["placement"]
 
@@ -80,7 +72,9 @@ def test_targets_are_met_by_the_assigned_nodes_and_lowered_without_thrash(
             for v in views
         )
 
-    took = wait_for(met, 30, "2 ready replicas on the assigned nodes, seen everywhere")
+    took = wait_for(
+        met, 30, "2 ready replicas on the assigned nodes, seen everywhere", errors=NOT_YET
+    )
     print(f"placement converged {took:.2f} s after the change")
     # Served through the node that holds no replica.
     spare = next(n for n in nodes if n not in expect)
@@ -104,4 +98,5 @@ def test_targets_are_met_by_the_assigned_nodes_and_lowered_without_thrash(
         lambda: all(placement(h)["pm"]["ready"] == keep for h in nodes.values()),
         30,
         "the replica beyond the new target unloaded",
+        errors=NOT_YET,
     )

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from gossip.crypto import Keyring
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 5
@@ -146,18 +147,6 @@ class Lab:
             self.switch.wait(10)
         for ns in self.namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            if cond():
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def all_alive(lab: Lab, members: list[int] | None = None) -> bool:
