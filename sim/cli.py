@@ -30,7 +30,27 @@ def add_sim_parser(sub: Any) -> None:
         type=int,
         help="host CPU model: all nodes share this many cores (default 0: off)",
     )
-    sim.add_argument("--cpu-us", type=float, help="host CPU model: CPU per message, microseconds")
+    sim.add_argument(
+        "--cpu-us", type=float, help="host CPU model: CPU per delivered message, microseconds"
+    )
+    sim.add_argument(
+        "--send-us", type=float, help="host CPU model: CPU per message sent, microseconds"
+    )
+    sim.add_argument(
+        "--call-us",
+        type=float,
+        help="host CPU model: CPU a local write costs after its sends, microseconds",
+    )
+    sim.add_argument(
+        "--background",
+        type=float,
+        help="host CPU model: fraction of a core each node uses besides messages",
+    )
+    sim.add_argument(
+        "--wake-us",
+        type=float,
+        help="host CPU model: how long an idle core takes to start a job, microseconds",
+    )
     sim.add_argument("--duration", type=float, help="simulated seconds (default 60)")
     sim.add_argument("--kill-at", type=float, help="kill a random node at this time, s")
     sim.add_argument("--scenario", metavar="FILE.toml", help="a scenario: settings and events")
@@ -99,6 +119,10 @@ def run_sim_command(args: argparse.Namespace) -> int:
             jitter_ms=args.jitter_ms,
             cores=args.cores,
             cpu_us=args.cpu_us,
+            send_us=args.send_us,
+            call_us=args.call_us,
+            background=args.background,
+            wake_us=args.wake_us,
             duration=args.duration,
         )
         if args.kill_at is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +37,32 @@ class LinkModel:
 @dataclass
 class HostModel:
     """CPU as a shared resource, for simulating many daemons on one machine (or
-    slow nodes): every delivered message costs `per_message` seconds of CPU on
-    one of `cores` cores, and a node handles one message at a time. Messages
-    wait for a free core and for their node, as on a real, busy host."""
+    slow nodes), as a multi-server queue.
+
+    Each node is one process that does one job at a time: a delivered message,
+    a timer tick or a local change. Jobs wait in their node's socket buffer
+    (FIFO) and nodes wait for one of `cores` cores (FIFO); a node that gets a
+    core keeps it while it has jobs queued, for up to `slice` seconds, as an
+    event loop drains its socket before it sleeps. A job runs the real core
+    when it starts and costs `per_message` (delivered messages only: wake-up,
+    authenticate, decode, apply) plus `per_send` for each datagram or frame it
+    sends, one after another: each leaves when its send is done, and what the
+    job reports is stamped when it finishes, as a daemon sends and then logs.
+    So a first delivery that forwards to five peers costs more than a
+    duplicate that forwards to none, as on a real host. A local change costs
+    its sends plus `per_call` after them (e.g. answering the HTTP request that
+    made it). What a process does besides messages (its timers, a daemon's
+    once-per-interval loop) is `background` of a core, charged at its timer
+    ticks for the time since the last one. A core that fell idle takes `wake`
+    to start the next job (a halted virtual CPU, a deep sleep state)."""
 
     cores: int = 2
     per_message: float = 0.0005
+    per_send: float = 0.0
+    per_call: float = 0.0
+    background: float = 0.0  # fraction of a core per node
+    wake: float = 0.0  # a job that finds its core idle starts this much later
+    slice: float = 0.003  # an OS time slice
 
 
 @dataclass
@@ -55,7 +76,11 @@ class SimNode:
     drift: float = 0.0
     drift_since: float = 0.0
     egress_free_at: float = 0.0  # bandwidth cap: when the node's link is next idle
-    busy_until: float = 0.0  # host model: when the node's process is next free
+    inbox: deque[tuple[str, Any]] = field(default_factory=deque)  # host model: jobs waiting
+    running: bool = False  # host model: a job of this node holds a core
+    waiting: bool = False  # host model: in the queue for a core
+    on_core_since: float = 0.0  # host model: when its process got the core it holds
+    last_tick: float | None = None  # host model: when its last tick ran
     events: list[tuple[float, GossipEvent]] = field(default_factory=list)
     next_tick: float = float("inf")
 
@@ -73,7 +98,9 @@ class SimNetwork:
     ) -> None:
         self.bandwidth = bandwidth  # bytes per second per node, None for unlimited
         self.host = host
-        self._cores = [0.0] * host.cores if host else []  # a heap of core free times
+        # host model: when each free core fell idle
+        self._free_cores: list[float] = [start] * host.cores if host else []
+        self._ready: deque[SimNode] = deque()  # nodes with jobs, waiting for a core
         self.seed = seed
         self.link = link or LinkModel()
         self.config = config or GossipConfig()
@@ -128,6 +155,7 @@ class SimNetwork:
 
     def crash(self, name: str) -> None:
         self.nodes[name].alive = False
+        self.nodes[name].inbox.clear()
 
     def restart(self, name: str, join: list[str]) -> GossipNode:
         old = self.nodes[name]
@@ -165,15 +193,18 @@ class SimNetwork:
     def _flush(self, sn: SimNode) -> None:
         """Collect a node's outgoing messages and reschedule its timer."""
         for out in sn.node.take_outgoing():
-            self.bytes_sent[sn.name] = self.bytes_sent.get(sn.name, 0) + len(out.data)
-            self.messages_sent[sn.name] = self.messages_sent.get(sn.name, 0) + 1
-            self._transmit(sn, out)
+            self._send(sn, out)
         for ev in sn.node.take_events():
             sn.events.append((self.now, ev))
         deadline = sn.node.next_deadline() - (self._local(sn) - self.now)
         if deadline < sn.next_tick or sn.next_tick <= self.now:
             sn.next_tick = max(deadline, self.now)
             self._schedule(sn.next_tick, "tick", sn.name)
+
+    def _send(self, sn: SimNode, out: Datagram | StreamFrame) -> None:
+        self.bytes_sent[sn.name] = self.bytes_sent.get(sn.name, 0) + len(out.data)
+        self.messages_sent[sn.name] = self.messages_sent.get(sn.name, 0) + 1
+        self._transmit(sn, out)
 
     def _transmit(self, sn: SimNode, out: Datagram | StreamFrame) -> None:
         link = self.link
@@ -210,14 +241,32 @@ class SimNetwork:
                 self._schedule(sn.paused_until, "tick", sn.name)
                 return True
             sn.next_tick = float("inf")
-            sn.node.tick(self._local(sn))
-            self._flush(sn)
+            if self.host is not None:
+                self._enqueue(sn, "tick", None)
+            else:
+                sn.node.tick(self._local(sn))
+                self._flush(sn)
         elif kind == "wake":
             sn = self.nodes[payload]
             if sn.alive:
                 sn.next_tick = self.now
                 self._schedule(self.now, "tick", sn.name)
-        else:  # "datagram" / "frame" arriving, or "handle-..." once the host model ran it
+                if self.host is not None:
+                    self._make_ready(sn)
+        elif kind == "done":
+            self._finish(*payload)
+        elif kind == "start":
+            if payload.alive and self.nodes.get(payload.name) is payload and payload.inbox:
+                self._run_job(payload)
+            else:
+                payload.running = False
+                self._release_core()
+                self._dispatch()
+        elif kind == "send":
+            sn, out = payload
+            if sn.alive and self.nodes.get(sn.name) is sn:  # else it died mid-job
+                self._send(sn, out)
+        else:  # a "datagram" or "frame" arriving
             src, out = payload
             dst = self.by_addr.get(out.dst)
             if dst is None or not dst.alive:
@@ -225,28 +274,116 @@ class SimNetwork:
             sender = self.by_addr.get(src)
             if sender is not None and (dst.name, sender.name) in self.grudges:
                 return True
-            if self.host is not None and not kind.startswith("handle-"):
-                # In the socket buffer: wait for the node and for a free core.
-                start = max(self.now, heapq.heappop(self._cores), dst.busy_until)
-                dst.busy_until = start + self.host.per_message
-                heapq.heappush(self._cores, dst.busy_until)
-                self._schedule(dst.busy_until, "handle-" + kind, payload)
+            if self.host is not None:
+                self._enqueue(dst, kind, payload)  # in the socket buffer
                 return True
             if self.now < dst.paused_until:
                 # Queued in the socket buffer until the process resumes.
                 self._schedule(dst.paused_until + 1e-6, kind, payload)
                 return True
-            self._trace.update(f"{self.now:.9f}|{src}|{out.dst}|".encode())
-            self._trace.update(out.data[:64])
-            self.delivered += 1
-            if isinstance(out, StreamFrame):
-                dst.node.receive_stream(out.data, src, self._local(dst))
-            else:
-                dst.node.receive_datagram(out.data, src, self._local(dst))
-            if self.on_deliver is not None:
-                self.on_deliver(dst, out)
+            self._deliver(dst, kind, payload)
             self._flush(dst)
         return True
+
+    def _deliver(self, dst: SimNode, kind: str, payload: Any) -> None:
+        src, out = payload
+        self._trace.update(f"{self.now:.9f}|{src}|{out.dst}|".encode())
+        self._trace.update(out.data[:64])
+        self.delivered += 1
+        if kind == "frame":
+            dst.node.receive_stream(out.data, src, self._local(dst))
+        else:
+            dst.node.receive_datagram(out.data, src, self._local(dst))
+        if self.on_deliver is not None:
+            self.on_deliver(dst, out)
+
+    # -- the host model: nodes as processes sharing cores ------------------------
+
+    def local(self, name: str, change: Callable[[GossipNode, float], None]) -> None:
+        """A local change at a node (`change(node, now)`), e.g. an operator's
+        write. Under the host model it is a job like any other: it waits for
+        the node and a core, and what it sends leaves when it finishes."""
+        sn = self.nodes[name]
+        if self.host is None:
+            change(sn.node, self._local(sn))
+            self._flush(sn)
+        else:
+            self._enqueue(sn, "call", change)
+
+    def _enqueue(self, sn: SimNode, kind: str, payload: Any) -> None:
+        sn.inbox.append((kind, payload))
+        self._make_ready(sn)
+
+    def _make_ready(self, sn: SimNode) -> None:
+        if sn.inbox and not sn.running and not sn.waiting and self.now >= sn.paused_until:
+            sn.waiting = True
+            self._ready.append(sn)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        assert self.host is not None
+        while self._free_cores and self._ready:
+            sn = self._ready.popleft()
+            sn.waiting = False
+            if not sn.alive or self.nodes.get(sn.name) is not sn or not sn.inbox:
+                continue
+            if self.now < sn.paused_until:
+                continue  # "wake" makes it ready again
+            idle_since = self._free_cores.pop()  # the core freed last: it may not sleep yet
+            sn.on_core_since = self.now
+            if self.host.wake and self.now > idle_since:
+                sn.running = True  # holds the core while it wakes up
+                self._schedule(self.now + self.host.wake, "start", sn)
+            else:
+                self._run_job(sn)
+
+    def _run_job(self, sn: SimNode) -> None:
+        """Run the node's next job on the core it holds."""
+        assert self.host is not None
+        kind, payload = sn.inbox.popleft()
+        sn.running = True
+        cost = 0.0
+        if kind == "tick":
+            if sn.last_tick is not None:
+                cost = self.host.background * (self.now - sn.last_tick)
+            sn.last_tick = self.now
+            sn.node.tick(self._local(sn))
+        elif kind == "call":
+            payload(sn.node, self._local(sn))
+        else:
+            self._deliver(sn, kind, payload)
+            cost = self.host.per_message
+        events = sn.node.take_events()
+        for out in sn.node.take_outgoing():
+            cost += self.host.per_send  # one send after another, as the daemon does
+            self._schedule(self.now + cost, "send", (sn, out))
+        if kind == "call":
+            cost += self.host.per_call
+        self._flush(sn)  # re-arms the timer (nothing else is left to send)
+        self._schedule(self.now + cost, "done", (sn, events))
+
+    def _finish(self, sn: SimNode, events: list[GossipEvent]) -> None:
+        assert self.host is not None
+        sn.running = False
+        alive = sn.alive and self.nodes.get(sn.name) is sn  # else it died mid-job
+        if alive:
+            sn.events.extend((self.now, ev) for ev in events)
+            if (
+                sn.inbox
+                and self.now >= sn.paused_until
+                and self.now - sn.on_core_since < self.host.slice
+            ):
+                self._run_job(sn)  # drains its socket on the core it holds
+                return
+        self._release_core()
+        if alive:
+            self._make_ready(sn)
+        else:
+            self._dispatch()
+
+    def _release_core(self) -> None:
+        self._free_cores.append(self.now)
+        self._free_cores.sort()
 
     def run_until(self, t: float) -> None:
         while self._heap and self._heap[0][0] <= t:

@@ -70,10 +70,17 @@ class Scenario:
     duplicate: float = 0.0
     duration: float = 60.0
     bandwidth: float | None = None  # bytes/s per node
-    #: Host CPU model (0 = off): every node shares `cores` cores and each message
-    #: costs `cpu_us` microseconds, as when many daemons run on one machine.
+    #: Host CPU model (0 = off): every node shares `cores` cores, each delivered
+    #: message costs `cpu_us` microseconds, each message sent `send_us` and each
+    #: local write `call_us` after its sends, each node keeps `background` of a
+    #: core busy besides, and a core that fell idle takes `wake_us` to start
+    #: again, as when many daemons run on one machine (sim.network.HostModel).
     cores: int = 0
     cpu_us: float = 0.0
+    send_us: float = 0.0
+    call_us: float = 0.0
+    background: float = 0.0
+    wake_us: float = 0.0
     #: Start with every node knowing every other (steady state); false replays joins.
     warm_start: bool = True
     #: A random live node writes a key every this many seconds (0 for none).
@@ -99,6 +106,10 @@ class Scenario:
         )
         _check(type(self.cores) is int and self.cores >= 0, "cores", "an integer >= 0 (0: off)")
         _check(_num(self.cpu_us) and self.cpu_us >= 0, "cpu_us", ">= 0")
+        _check(_num(self.send_us) and self.send_us >= 0, "send_us", ">= 0")
+        _check(_num(self.call_us) and self.call_us >= 0, "call_us", ">= 0")
+        _check(_num(self.wake_us) and self.wake_us >= 0, "wake_us", ">= 0")
+        _check(_num(self.background) and 0 <= self.background < 1, "background", "in [0, 1)")
         names = {f"node{i}" for i in range(self.nodes)}
         for i, ev in enumerate(self.events):
             where = f"event[{i}]"
