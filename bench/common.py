@@ -34,6 +34,16 @@ def ensure_tool(binary: str, package: str) -> str:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has run, in seconds, to the nanosecond the scheduler
+    keeps (/proc/PID/schedstat); 0 once it is gone. Finer than cpu_ticks'
+    10 ms ticks, for short measurements."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process, in clock ticks (0 once it is gone)."""
     try:
