@@ -27,7 +27,9 @@ Design, in brief (docs/PROTOCOL.md has the wire format):
   timeout shrinks as other nodes independently confirm. A suspect refutes by
   raising its incarnation. Local health awareness (Lifeguard): a node whose
   own ticks run late, or whose probes keep failing, waits longer before
-  accusing anyone, and after a stall it gives every member fresh credit.
+  accusing anyone or declaring a suspect dead, checks no one else's
+  suspicions, and after a stall it gives every member fresh credit. A suspect
+  that still speaks to us gets another term, not a death.
 """
 
 from __future__ import annotations
@@ -551,8 +553,17 @@ class GossipNode:
         m.suspicion_start = now
         self._update_suspicion_deadline(m)
         self._emit(EventType.SUSPECT, m.name, now)
-        if confirm and m.name not in self._probing and now >= self._quiet_until:
-            self._probe(m.name, now)
+        if (
+            confirm
+            and m.name not in self._probing
+            and now >= self._quiet_until
+            and self.local_health == 0
+        ):
+            # Check it ourselves (Lifeguard's independent confirmation), with a
+            # direct ping first: every hearer does this, so on a busy host the
+            # checks alone could be the load that makes members look dead.
+            # An unhealthy node's checks prove little, and it makes none.
+            self._probe(m.name, now, light=True)
 
     def _update_suspicion_deadline(self, m: Member) -> None:
         """Lifeguard: timeout falls from max to min as confirmations arrive."""
@@ -564,6 +575,9 @@ class GossipNode:
         confirmations = max(0, len(m.suspectors) - 1)
         frac = math.log(confirmations + 1) / math.log(k + 1) if k > 0 else 1.0
         timeout = max(lo, hi - (hi - lo) * min(1.0, frac))
+        # Lifeguard's local health scales our probes; it scales our verdicts
+        # too: a node that is itself late or failing probes waits longer.
+        timeout *= 1 + self.local_health
         m.suspicion_deadline = m.suspicion_start + timeout
         self._suspects.add(m.name)
 
@@ -681,6 +695,15 @@ class GossipNode:
             if m is None or m.status != Status.SUSPECT or not m.suspicion_deadline:
                 self._suspects.discard(name)
             elif now >= m.suspicion_deadline:
+                if m.last_heard > m.suspicion_start:
+                    # It spoke to us after we came to suspect it: alive, only
+                    # slow to refute (on an overloaded host, say). Tell it again
+                    # and give it another term rather than a false death.
+                    self.counters["suspicions_extended"] += 1
+                    m.suspicion_start = now
+                    self._update_suspicion_deadline(m)
+                    self._tell(m.name, m.addr, m.rumor(), now)
+                    continue
                 self._suspects.discard(name)
                 self._declare_dead(m, now)
 
@@ -736,6 +759,12 @@ class GossipNode:
             self._probing.clear()
             self._quiet_until = now + self._probe_timeout()
             due = now
+        elif now - due > self.config.lag_threshold / 4:
+            # Late, though not stalled: the host is busy (CPU starvation makes
+            # every peer look slow), so trust our own timeouts less. Acks
+            # bring it back down as the load passes.
+            self.counters["late_ticks"] += 1
+            self.local_health = min(self.config.max_local_health, self.local_health + 1)
         self._check_timers(now)
         self._watch_predecessor(now)
         if now >= self._next_round:
