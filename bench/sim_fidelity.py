@@ -232,9 +232,8 @@ def calibrate(tmp: Path, changes: int, spacing: float, say: Any, n: int = 5) -> 
 
     Measured: all daemons' CPU over `changes` spaced tag changes less their
     CPU over as many PUTs that change nothing (`paired_changes`), divided by
-    the datagrams the changes caused. Each
-    datagram is sent once and received once, so this is the cost of both
-    ends: `cpu_us + send_us`.
+    the datagrams the changes caused. Each datagram is sent once and received
+    once, so this is the cost of both ends: `cpu_us + send_us`.
 
     Also measured: what the writer still does for the PUT after its change
     (`call_us`) and the idle CPU that idle messages do not explain
@@ -335,18 +334,10 @@ def measure(
         c.stop()
 
 
-def simulate(
-    n: int,
-    cpu_us: float,
-    trials: int,
-    kills: int,
-    seeds: int,
-    latency_ms: float = 0.05,
-    send_us: float = 0.0,
-    call_us: float = 0.0,
-    background: float = 0.0,
-    wake_us: float = 0.0,
-) -> dict:
+def simulate(n: int, model: dict[str, float], trials: int, kills: int, seeds: int) -> dict:
+    """The measured scenario through `run_scenario`; `model` holds the
+    Scenario's host-model fields (cpu_us, send_us, call_us, background,
+    wake_us) and latency_ms."""
     delays, maxima, det = [], [], []
     for seed in range(1, seeds + 1):
         events = [Event(2.0 + 1.0 * k, "update", {}) for k in range(trials)]
@@ -354,12 +345,11 @@ def simulate(
         for _ in range(kills):
             events.append(Event(t, "kill", {}))
             t += 6.0
+        host = {k: v for k, v in model.items() if k != "latency_ms"}
         scn = Scenario(
-            nodes=n, seed=seed, duration=t + 6, latency_ms=latency_ms, jitter_ms=latency_ms,
-            cores=os.cpu_count() or 2, cpu_us=cpu_us, send_us=send_us, call_us=call_us,
-            background=background, wake_us=wake_us,
-            updates_every=0,
-            events=tuple(events),
+            nodes=n, seed=seed, duration=t + 6, latency_ms=model["latency_ms"],
+            jitter_ms=model["latency_ms"], cores=os.cpu_count() or 2, updates_every=0,
+            events=tuple(events), **host,
         )  # fmt: skip
         r = run_scenario(scn)
         maxima += [u["max_s"] for u in r["dissemination"]["per_update"]]
@@ -407,18 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             real = measure(n, Path(tmp), args.trials, args.spacing, args.kills, rng, say)
             say(f"simulating N={n}")
-            sim = simulate(
-                n,
-                cal["cpu_us"],
-                args.trials,
-                args.kills,
-                args.seeds,
-                LATENCY_MS,
-                cal["send_us"],
-                cal["call_us"],
-                cal["background"],
-                cal["wake_us"],
-            )
+            sim = simulate(n, model, args.trials, args.kills, args.seeds)
             row: dict[str, Any] = {"nodes": n, "loopback": {}, "sim": {}, "sim_over_loopback": {}}
             for key in ("p50_s", "max_s", "detection_s"):
                 row["loopback"][key] = round(real[key], 6)
