@@ -1,8 +1,10 @@
-"""What the benchmark scripts share: progress lines, system tools, CPU accounting."""
+"""What the benchmark scripts share: progress lines, system tools, CPU
+accounting, a daemon's gossip counters."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,3 +53,14 @@ def cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])
+
+
+_GOSSIP_COUNTER = re.compile(
+    r'^rumor_gossip_counter_total\{counter="([a-z0-9_]+)"\} ([0-9.e+]+)$', re.M
+)
+
+
+def gossip_counters(metrics_text: str) -> dict[str, float]:
+    """The gossip core's counters (`rumor_gossip_counter_total{counter=...}`) from
+    a daemon's /metrics text."""
+    return {k: float(v) for k, v in _GOSSIP_COUNTER.findall(metrics_text)}

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -44,11 +43,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import say  # noqa: E402
+from bench.common import gossip_counters, say  # noqa: E402
 from gossip.core import Datagram, GossipNode  # noqa: E402
 from gossip.crypto import Keyring, Opener, Sealer  # noqa: E402
-
-METRIC = re.compile(r'^rumor_gossip_counter_total\{counter="([a-z0-9_]+)"\} ([0-9.e+]+)$', re.M)
 
 
 class Daemons:
@@ -87,7 +84,7 @@ class Daemons:
 
     def counters(self, i: int) -> dict[str, float]:
         text = self.client.get(f"{self.http(i)}/metrics").text
-        return {k: float(v) for k, v in METRIC.findall(text)}
+        return gossip_counters(text)
 
     def state(self) -> list[Any]:
         """What must not change: every member's identity, status and record, per daemon."""

@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import say  # noqa: E402
+from bench.common import gossip_counters, say  # noqa: E402
 from bench.serf_compare import RumorCluster  # noqa: E402
 
 COUNTERS = ("late_ticks", "local_stalls", "suspicions_extended", "probe_failures", "refutations")
@@ -46,14 +46,11 @@ def sample_counters(c: RumorCluster, every: int = 10) -> dict[str, int]:
     total: collections.Counter[str] = collections.Counter()
     for i in range(0, c.n, every):
         try:
-            text = httpx.get(f"{c.http(i)}/metrics", timeout=10).text
+            counters = gossip_counters(httpx.get(f"{c.http(i)}/metrics", timeout=10).text)
         except httpx.HTTPError:
             continue
-        for line in text.splitlines():
-            if line.startswith("rumor_gossip_counter_total{"):
-                key = line.split('counter="')[1].split('"')[0]
-                if key in COUNTERS:
-                    total[key] += int(float(line.rsplit(" ", 1)[1]))
+        for key in COUNTERS:
+            total[key] += int(counters.get(key, 0))
     return {k: total[k] for k in COUNTERS}
 
 

@@ -41,7 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_seconds, say  # noqa: E402
+from bench.common import cpu_seconds, gossip_counters, say  # noqa: E402
 from bench.serf_compare import RumorCluster  # noqa: E402
 from gossip.config import GossipConfig  # noqa: E402
 from gossip.core import GossipNode  # noqa: E402
@@ -65,11 +65,7 @@ def wait_quiet(c: RumorCluster, quiet_s: float, limit: float = 180) -> None:
 
 
 def counter(c: RumorCluster, i: int, key: str) -> float:
-    import re
-
-    text = httpx.get(f"{c.http(i)}/metrics", timeout=5).text
-    m = re.search(rf'counter="{key}"\}} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    return gossip_counters(httpx.get(f"{c.http(i)}/metrics", timeout=5).text).get(key, 0.0)
 
 
 class Meter:

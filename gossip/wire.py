@@ -15,6 +15,7 @@ complete, well-typed `Message` or raises `RemoteProtocolError`.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,11 +235,19 @@ def _parse_addr(o: object, what: str) -> Addr:
         raise _fail(f"{what}: expected [host, port]")
     if not 0 < port < 65536:
         raise _fail(f"{what}: port out of range")
-    try:  # gossip addresses are bound sockets' addresses: IP literals, never names
+    if not _is_ip(host):  # gossip addresses are bound sockets': IP literals, never names
+        raise _fail(f"{what}: {host[:64]!r} is not an IP address")
+    return (host, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    """Cached: every message carries addresses, and a cluster has few of them."""
+    try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise _fail(f"{what}: {host[:64]!r} is not an IP address") from None
-    return (host, port)
+        return False
+    return True
 
 
 def _plain(o: object) -> Any:

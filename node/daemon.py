@@ -33,7 +33,7 @@ from inference.service import InferenceService, ModelState
 
 from .config import NodeConfig
 from .placement import Placer, assign, capacity_of
-from .router import Candidate, pick
+from .router import Candidate, drain, pick
 
 log = logging.getLogger("rumor.node")
 
@@ -570,11 +570,8 @@ class Daemon:
             for dest, raw in counts.items():
                 per_request = service.get(dest)
                 n = _num(raw)
-                if per_request is None or not n:
-                    continue
-                if per_request > 0:
-                    n = max(0.0, n - age / per_request)
-                total[dest] += n
+                if per_request is not None and n:
+                    total[dest] += drain(n, age, per_request)
         return total
 
     def note_sent(self, dest: str) -> None:

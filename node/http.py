@@ -65,9 +65,9 @@ FORWARDED = "x-rumor-forwarded"
 TRACE = "x-rumor-trace-id"
 SERVED_BY = "x-rumor-served-by"
 BUSY = "x-rumor-busy"
-PASSED_HEADERS = ("content-type", "x-rumor-served-by", "x-rumor-trace-id", "x-rumor-busy",
-                  "retry-after")  # fmt: skip
 FINAL = "x-rumor-final-attempt"
+#: A replica's answer headers that a forwarding node passes back to its client.
+PASSED_HEADERS = ("content-type", SERVED_BY, TRACE, BUSY, "retry-after")
 
 
 class HTTPError(Exception):

@@ -45,6 +45,14 @@ class Candidate:
     local: bool = False
 
 
+def drain(count: float, age_s: float, service_s: float) -> float:
+    """A gossiped count of requests `age_s` old, less those served since at one
+    per `service_s` (unknown service time: as reported)."""
+    if service_s <= 0:
+        return count
+    return max(0.0, count - age_s / service_s)
+
+
 def estimate(c: Candidate) -> float:
     """Expected requests ahead of a new one at `c`.
 
@@ -55,9 +63,7 @@ def estimate(c: Candidate) -> float:
     the report sees work the counts miss, the counts see sends newer than
     the report.
     """
-    drained = c.queue
-    if c.service_s > 0:
-        drained = max(0.0, c.queue - c.age_s / c.service_s)
+    drained = drain(c.queue, c.age_s, c.service_s)
     return max(drained + c.own_sent_since, c.others_inflight + c.own_inflight)
 
 

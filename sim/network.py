@@ -12,6 +12,7 @@ and restart with a new generation, pauses, and per-node clock skew.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import random
@@ -382,8 +383,7 @@ class SimNetwork:
             self._dispatch()
 
     def _release_core(self) -> None:
-        self._free_cores.append(self.now)
-        self._free_cores.sort()
+        bisect.insort(self._free_cores, self.now)  # kept sorted: pop() takes the latest
 
     def run_until(self, t: float) -> None:
         while self._heap and self._heap[0][0] <= t:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.router import Candidate, estimate, pick
+from node.router import Candidate, drain, estimate, pick
 
 POLICIES = ("random", "round_robin", "least_loaded", "p2c", "p2c_fresh", "rumor", "oracle_jsq")
 
@@ -205,7 +205,7 @@ def simulate(
             for j, rt in enumerate(rts):
                 n = rt.published.get(i, 0)
                 if n and j != r:
-                    total += max(0.0, n - (now - rt.published_at) / per_request[i])
+                    total += drain(n, now - rt.published_at, per_request[i])
             return total
 
         return at

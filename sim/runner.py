@@ -280,8 +280,8 @@ def run_scenario(
         "dissemination": {
             "updates": len(updates),
             "p50_s": round(_pct(delivery, 0.5), 6) if delivery else None,
-            "p99_s": round(_pct(delivery, 0.99), 4) if delivery else None,
-            "max_s": round(max(delivery), 4) if delivery else None,
+            "p99_s": round(_pct(delivery, 0.99), 6) if delivery else None,
+            "max_s": round(max(delivery), 6) if delivery else None,
             "rounds_max": max((u["rounds"] for u in per_update), default=None),
             "undelivered": undelivered,
             "per_update": per_update,
