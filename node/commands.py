@@ -61,6 +61,11 @@ def add_node_parsers(sub: Any) -> None:
         choices=["rumor", "random", "round_robin"],
         help="routing policy (default rumor; the others are baselines for comparisons)",
     )
+    node.add_argument("--http-keep-alive", type=float, help="idle HTTP keep-alive, s (default 75)")
+    node.add_argument(
+        "--http-body-timeout", type=float, help="request body deadline, s (default 10)"
+    )
+    node.add_argument("--http-max-connections", type=int, help="HTTP connection cap (default 1024)")
     node.add_argument("--log-json", action="store_true", default=None, help="JSON logs")
     node.add_argument(
         "--log-level",
@@ -124,6 +129,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         "log_json": args.log_json,
         "log_level": args.log_level,
         "router": args.router,
+        "http_keep_alive": args.http_keep_alive,
+        "http_body_timeout": args.http_body_timeout,
+        "http_max_connections": args.http_max_connections,
     }
     try:
         config = load_node_config(args.config, flags)

@@ -13,6 +13,8 @@ from gossip.transport import parse_hostport
 from inference.config import ModelConfig
 from inference.errors import ConfigError
 
+from .httpserver import HTTPLimits
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROUTERS = ("rumor", "random", "round_robin")
 
@@ -50,6 +52,16 @@ class NodeConfig:
     #: one no longer assigned here after `placement_unload_hold`.
     placement_hold: float = 2.0
     placement_unload_hold: float = 30.0
+    #: HTTP server limits (node.httpserver.HTTPLimits says why each default).
+    #: Idle keep-alive: above common proxies' 60 s, so clients close first.
+    http_keep_alive: float = 75.0
+    #: A request body must arrive within this after its headers (else 408).
+    http_body_timeout: float = 10.0
+    #: Concurrent HTTP connections, in all (also bounded by the descriptor
+    #: limit) and per client address; at the cap the longest-waiting idle or
+    #: stalled connection is closed to make room.
+    http_max_connections: int = 1024
+    http_max_connections_per_ip: int = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 128:
@@ -80,7 +92,19 @@ class NodeConfig:
             raise ConfigError("router", f"must be one of {', '.join(ROUTERS)}")
         if self.placement_hold < 0 or self.placement_unload_hold < 0:
             raise ConfigError("placement_hold", "placement holds must be >= 0")
+        try:
+            self.http_limits()
+        except ValueError as e:
+            raise ConfigError("http_keep_alive", str(e)) from None
         self.model_configs()  # validates every model
+
+    def http_limits(self) -> HTTPLimits:
+        return HTTPLimits(
+            keep_alive_s=self.http_keep_alive,
+            body_timeout_s=self.http_body_timeout,
+            max_connections=self.http_max_connections,
+            max_connections_per_ip=self.http_max_connections_per_ip,
+        )
 
     def model_configs(self) -> list[ModelConfig]:
         out = [ModelConfig.from_spec(s) for s in self.models]

@@ -10,6 +10,7 @@ does nothing else: no redirects, cookies, auth or decompression.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import h11
@@ -31,28 +32,73 @@ class _Conn:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def peer_closed(self) -> bool:
+        """Whether the peer has closed this idle connection (or sent bytes no
+        request asked for): a non-blocking peek, so no request is risked on it."""
+        raw = socket.socket(fileno=self.stream.socket.fileno())
+        try:
+            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False  # open, and quiet as an idle connection should be
+        except OSError:
+            return True
+        finally:
+            raw.detach()  # the descriptor stays the trio stream's
+        return True  # b"": the peer's FIN; anything else: stray bytes
 
 
 class Forwarder:
+    """Pooled keep-alive connections to peers.
+
+    The keep-alive race (a request sent on a pooled connection just as the
+    peer's server closes it for idleness) is closed three ways: pooled
+    connections expire after `idle_expiry`, well below the daemons' server
+    keep-alive (75 s by default); a pooled connection is peeked before use,
+    so one the peer has already closed is never used; and a request whose
+    connection closed before any byte of an answer is sent again on a fresh
+    connection. That is the only case where a retry is safe: the server
+    closed without reading the request, so it was not served.
+    """
+
     def __init__(
-        self, timeout: float, max_idle_per_peer: int = 32, max_answer: int = 64 << 20
+        self,
+        timeout: float,
+        max_idle_per_peer: int = 32,
+        max_answer: int = 64 << 20,
+        idle_expiry: float = 30.0,
     ) -> None:
         self.timeout = timeout
         self.max_idle = max_idle_per_peer
         self.max_answer = max_answer  # bytes: a peer's answer is data, not trusted
+        self.idle_expiry = idle_expiry
         self._idle: dict[str, list[_Conn]] = {}
+        self.stale_retries = 0  # requests sent again after a pooled connection closed
+        self.dials = 0
+
+    def _pooled(self, hostport: str) -> _Conn | None:
+        """The most recently used live idle connection to `hostport`, if any."""
+        pooled = self._idle.get(hostport)
+        now = trio.current_time()
+        while pooled:
+            conn = pooled.pop()
+            if now - conn.idle_since < self.idle_expiry and not conn.peer_closed():
+                return conn
+            conn.stream.socket.close()
+        return None
 
     async def post(self, hostport: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
-        """POST `body`; a stale pooled connection is retried once on a fresh one."""
+        """POST `body`; a pooled connection that closed before answering
+        anything is retried once on a fresh one."""
         try:
             with trio.fail_after(self.timeout):
-                pooled = self._idle.get(hostport)
-                if pooled:
-                    conn = pooled.pop()
+                conn = self._pooled(hostport)
+                if conn is not None:
                     try:
                         return await self._exchange(conn, hostport, path, body, headers)
                     except _Stale:
-                        pass  # the peer closed it while idle: dial again
+                        self.stale_retries += 1  # closed as we sent: dial again
                 conn = await self._dial(hostport)
                 try:
                     return await self._exchange(conn, hostport, path, body, headers)
@@ -67,6 +113,7 @@ class Forwarder:
     async def _dial(self, hostport: str) -> _Conn:
         host, _, port = hostport.rpartition(":")
         stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+        self.dials += 1
         return _Conn(stream)
 
     async def _exchange(
@@ -120,6 +167,7 @@ class Forwarder:
             conn.h11.start_next_cycle()
             pool = self._idle.setdefault(hostport, [])
             if len(pool) < self.max_idle:
+                conn.idle_since = trio.current_time()
                 pool.append(conn)
                 return
         conn.stream.socket.close()

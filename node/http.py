@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
@@ -39,6 +37,8 @@ from inference.errors import (
 )
 
 from .forward import Forwarder, ForwardError
+from .httpserver import BodyRejected, serve_asgi
+from .httpserver import read_body as _read_body
 
 if TYPE_CHECKING:
     import torch
@@ -152,17 +152,9 @@ def build_app(daemon: Daemon) -> Starlette:
 
     async def read_body(request: Request) -> bytes:
         try:
-            size = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            raise HTTPError(400, "content-length is not a number") from None
-        if size > cfg.max_body_bytes:
-            raise HTTPError(413, f"body of {size} bytes exceeds {cfg.max_body_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
-                raise HTTPError(413, f"body exceeds {cfg.max_body_bytes} bytes")
-        return bytes(body)
+            return await _read_body(request, cfg.max_body_bytes, cfg.http_body_timeout)
+        except BodyRejected as e:
+            raise HTTPError(e.status, e.message, e.headers) from None
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -224,7 +216,7 @@ def build_app(daemon: Daemon) -> Starlette:
             # Parsed only where it is served: a forwarding node passes the bytes on.
             body = await read_body(request)
         except HTTPError as e:
-            return _error(e.status, e.message, trace)
+            return _error(e.status, e.message, trace, e.headers)
         daemon.in_flight += 1
         scope = trio.CancelScope()
         response: Response | None = None
@@ -339,7 +331,7 @@ def build_app(daemon: Daemon) -> Starlette:
                 m, inputs, timeout_s=cfg.request_timeout, as_list=False
             )
         except HTTPError as e:
-            return _error(e.status, e.message, trace)
+            return _error(e.status, e.message, trace, e.headers)
         except InvalidInput as e:
             return _error(400, str(e), trace)
         except (Overloaded, ModelNotReady) as e:
@@ -405,7 +397,7 @@ def build_app(daemon: Daemon) -> Starlette:
         try:
             tags = await json_body(request)
         except HTTPError as e:
-            return _error(e.status, e.message, _trace())
+            return _error(e.status, e.message, _trace(), e.headers)
         if not isinstance(tags, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
         ):
@@ -438,7 +430,7 @@ def build_app(daemon: Daemon) -> Starlette:
                 raise HTTPError(400, "a model spec is a JSON object with name and source")
             mc = ModelConfig.from_dict(spec)
         except HTTPError as e:
-            return _error(e.status, e.message, _trace())
+            return _error(e.status, e.message, _trace(), e.headers)
         except (ConfigError, TypeError, ValueError) as e:
             return _error(400, f"invalid model spec: {e}", _trace())
         daemon.catalog_put(mc.name, spec)
@@ -462,7 +454,7 @@ def build_app(daemon: Daemon) -> Starlette:
         try:
             body = await json_body(request)
         except HTTPError as e:
-            return _error(e.status, e.message, _trace())
+            return _error(e.status, e.message, _trace(), e.headers)
         n = body.get("replicas") if isinstance(body, dict) else None
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             return _error(400, 'body must be {"replicas": N} with N >= 0', _trace())
@@ -564,16 +556,6 @@ async def serve_http(
     daemon: Daemon, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     host, port = parse_hostport(daemon.config.http)
-    config = HyperConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = daemon.config.drain_timeout
-
-    async def started(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(build_app(daemon), config, task_status=task_status)  # type: ignore[arg-type]
-
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(started)
-        bound = binds[0].removeprefix("http://")
-        task_status.started(parse_hostport(bound))
+    await serve_asgi(
+        build_app(daemon), host, port, daemon.config.http_limits(), task_status=task_status
+    )
