@@ -64,7 +64,7 @@ def run_placement(
         writer.node.update_crdt("catalog", delta, net.now)
         reps: LWWMap = writer.node.crdt("replicas")  # type: ignore[assignment]
         writer.node.update_crdt("replicas", reps.set("node0", model, replicas, ts), net.now)
-    net._flush(writer)
+    net.flush(writer)
 
     def step() -> None:
         for name, sn in net.nodes.items():

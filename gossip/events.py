@@ -1,0 +1,25 @@
+"""What a GossipNode tells its application (`GossipNode.take_events`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class EventType(enum.StrEnum):
+    JOIN = "member-join"
+    UPDATE = "member-update"
+    SUSPECT = "member-suspect"
+    ALIVE = "member-alive"
+    DEAD = "member-dead"
+    LEAVE = "member-leave"
+    REMOVED = "member-removed"
+    CRDT = "crdt-update"
+
+
+@dataclass(frozen=True, slots=True)
+class GossipEvent:
+    type: EventType
+    member: str
+    time: float
+    keys: tuple[str, ...] = ()
