@@ -130,6 +130,7 @@ class ConnectionTable:
         self.per_ip: dict[str, int] = {}
         self.evicted = 0
         self.refused = 0
+        self.closed_unread = 0  # answered before the body was read: closed after
 
     def admit(self, key: tuple[str, int], stream: trio.SocketStream, now: float) -> bool:
         """Make room for a new connection (evicting a waiting one); False: refuse it."""
@@ -178,31 +179,61 @@ class ConnectionTable:
         return self.conns.get((client[0], client[1]))
 
 
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 def tracked(app: ASGIApp, table: ConnectionTable) -> ASGIApp:
     """The app, marking its connection busy while it works on a request and
-    waiting while it waits for the client's body (only those may be evicted)."""
+    waiting while it waits for the client's body (only those may be evicted).
+
+    It also closes a hole in keep-alive: a response that completes before the
+    request's body has been read (a GET with a body, a 401 before the body is
+    looked at) makes hypercorn close the connection afterwards, without having
+    said so in the response, and the client's next request on that pooled
+    connection is lost. Such a response now carries `connection: close`, so
+    the client knows not to reuse the connection.
+    """
 
     async def wrapped(scope: Scope, receive: Any, send: Any) -> None:
-        conn = table.get(scope) if scope.get("type") == "http" else None
-        if conn is None:
+        if scope.get("type") != "http":
             await app(scope, receive, send)
             return
+        conn = table.get(scope)
+        body_done = not _has_body(scope)
 
         async def receive_tracked() -> Any:
-            assert conn is not None
-            conn.waiting_since = trio.current_time()
+            nonlocal body_done
+            if conn is not None:
+                conn.waiting_since = trio.current_time()
             try:
-                return await receive()
+                message = await receive()
             finally:
-                conn.waiting_since = None
-                conn.last_active = trio.current_time()
+                if conn is not None:
+                    conn.waiting_since = None
+                    conn.last_active = trio.current_time()
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
 
-        conn.busy += 1
+        async def send_tracked(message: Any) -> None:
+            if message.get("type") == "http.response.start" and not body_done:
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                table.closed_unread += 1
+            await send(message)
+
+        if conn is not None:
+            conn.busy += 1
         try:
-            await app(scope, receive_tracked, send)
+            await app(scope, receive_tracked, send_tracked)
         finally:
-            conn.busy -= 1
-            conn.last_active = trio.current_time()
+            if conn is not None:
+                conn.busy -= 1
+                conn.last_active = trio.current_time()
 
     return wrapped
 

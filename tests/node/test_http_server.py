@@ -123,6 +123,34 @@ async def test_default_keep_alive_outlasts_every_client_we_know() -> None:
     assert HTTPLimits().keep_alive_s > max(CLIENT_IDLE_EXPIRIES)
 
 
+async def test_a_response_before_the_body_is_read_says_the_connection_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The other way a pooled connection lost a request (found by the fuzz
+    bench): a GET with a body is answered before the body arrives; hypercorn
+    then closes the connection, so the response must say so, or the client
+    reuses it and its next request is dropped without an answer."""
+    table = ConnectionTable(HTTPLimits())
+    async with served(HTTPLimits(), table) as port:
+        client = await RawClient.connect(port)
+        await client.stream.send_all(b"GET /live HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n")
+        answer = b""
+        while b'{"live":true}' not in answer:  # answered, the body still unsent
+            answer += await client.stream.receive_some(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert b"connection: close" in answer.lower()
+        assert table.closed_unread == 1
+        await client.stream.send_all(b"hello")
+        assert await client.stream.receive_some(65536) == b""  # closed, as announced
+        await client.stream.aclose()
+        # A request whose body was read keeps its connection.
+        fwd = Forwarder(timeout=5.0)
+        for _ in range(3):
+            assert (await fwd.post(f"127.0.0.1:{port}", "/echo", b"abc", {})).status == 200
+        assert fwd.dials == 1 and table.closed_unread == 1
+        await fwd.aclose()
+
+
 # ---------------------------------------------------------------- the forward hop
 
 
