@@ -209,6 +209,9 @@ class _DotStore(CRDT, Generic[K]):
         c._payload = {d: p.copy() for d, p in self._payload.items()}
         return c
 
+    def max_timestamp(self) -> int:
+        return max((p.max_timestamp() for p in self._payload.values()), default=0)
+
     def copy(self) -> Self:
         return self._copy_into(type(self)._empty_like(self))
 

@@ -85,6 +85,9 @@ class LWWRegister(CRDT):
     def replica(self) -> str:
         return self._e.replica
 
+    def max_timestamp(self) -> int:
+        return self._e.ts
+
     def merge(self, other: Self) -> None:
         self._check_same_type(other)
         if _wins(other._e, self._e):
@@ -178,6 +181,9 @@ class LWWMap(CRDT):
     def __contains__(self, key: object) -> bool:
         e = self._entries.get(key)  # type: ignore[call-overload]
         return e is not None and e.alive
+
+    def max_timestamp(self) -> int:
+        return max((e.ts for e in self._entries.values()), default=0)
 
     def entry_ts(self, key: str) -> int:
         """Timestamp of the latest write or removal of `key` (0 if never seen)."""

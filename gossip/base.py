@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdt import CRDT
+from crdt import CRDT, HLC
 
 from .config import GossipConfig
-from .crypto import SEAL_OVERHEAD, Opener, ReplayWindow, Sealer
+from .crypto import DATAGRAM, SEAL_OVERHEAD, STREAM, Opener, ReplayWindow, Sealer
 from .events import EventType, GossipEvent
 from .state import ClusterState, NodeRecord
 from .status import Member, MemberTable
@@ -53,6 +53,7 @@ class Probe:
     relay_to: Addr | None = None
     relay_seq: int = 0
     light: bool = False  # a direct ping only; escalates to a full probe on timeout
+    generation: int = 0  # the target's generation this probe is for (0: any)
     helpers: int = 0  # PING_REQs sent (each helper nacks if it cannot reach the target)
     nackers: set[str] = field(default_factory=set)  # helpers that did (each counted once)
 
@@ -67,6 +68,10 @@ class NodeBase:
     rng: random.Random
     left: bool
     counters: Counter[str]
+    # Clocks (gossip/clock.py): wall clock = core time + wall_offset.
+    wall_offset: float
+    hlc: HLC
+    _peer_clocks: dict[str, tuple[float, float]]  # name -> (their clock - ours, when)
     # Replicated state, and what we know of members.
     state: ClusterState
     own: NodeRecord
@@ -100,7 +105,7 @@ class NodeBase:
     # Sealing and the receive path's memory.
     _sealer: Sealer
     _opener: Opener
-    _replay: dict[tuple[str, bytes], ReplayWindow]
+    _replay: dict[tuple[str, bytes, int], ReplayWindow]  # (sender, salt, channel)
     _outbox: list[Outgoing]
     _events: list[GossipEvent]
 
@@ -121,17 +126,22 @@ class NodeBase:
                 rumor_budget = 300
         target = fields.get("target")
         rumors = extra_rumors + self._take_rumors(rumor_budget, first=target, copies=copies)
-        return Message(mtype, self.name, self.generation, self.addr, rumors=rumors, **fields)
+        wall_ms = int((self._clock + self.wall_offset) * 1000)
+        return Message(
+            mtype, self.name, self.generation, self.addr, rumors=rumors, wall_ms=wall_ms, **fields
+        )
 
     def _send(self, dst: Addr, msg: Message, now: float) -> None:
         self._send_plaintext(dst, encode_message(msg))
 
     def _send_plaintext(self, dst: Addr, plaintext: bytes) -> None:
-        data = self._sealer.seal(plaintext)
-        if len(data) <= self.config.max_datagram:
+        size = len(plaintext) + (SEAL_OVERHEAD if self._sealer.keyring else 2)
+        if size <= self.config.max_datagram:
+            data = self._sealer.seal(plaintext, DATAGRAM)
             self._outbox.append(Datagram(dst, data))
             self.counters["datagrams_out"] += 1
-        elif len(data) <= self.config.max_stream_frame:
+        elif size <= self.config.max_stream_frame:
+            data = self._sealer.seal(plaintext, STREAM)
             self._outbox.append(StreamFrame(dst, data))
             self.counters["frames_out"] += 1
         else:
@@ -179,6 +189,12 @@ class NodeBase:
 
     def _probe(self, target: str, now: float, light: bool = False) -> None:
         raise NotImplementedError  # detector.FailureDetection
+
+    def _hear_of_self(self, generation: int, now: float) -> bool:
+        raise NotImplementedError  # members.Membership
+
+    def _witness(self, value: CRDT, now: float) -> None:
+        raise NotImplementedError  # clock.Clocks
 
     def _probe_timeout(self) -> float:
         raise NotImplementedError  # detector.FailureDetection

@@ -28,12 +28,14 @@ import random
 from collections import Counter
 from typing import Any
 
-from crdt import CRDT, DecodeError, decode
+from crdt import CRDT, HLC, DecodeError, decode
 
 from .base import Datagram, Outgoing, Probe, StreamFrame
 from .broadcast import Dissemination
+from .broadcast import packb as _packb
+from .clock import Clocks
 from .config import GossipConfig
-from .crypto import Keyring, Opener, ReplayWindow, Sealer, nonce_counter
+from .crypto import DATAGRAM, STREAM, Keyring, Opener, ReplayWindow, Sealer
 from .detector import FailureDetection
 from .errors import LocalProtocolError, RemoteProtocolError, StateTooLarge
 from .events import EventType, GossipEvent
@@ -41,7 +43,17 @@ from .members import Membership
 from .state import ClusterState, NodeRecord
 from .status import Member, MemberTable
 from .sync import AntiEntropy
-from .wire import Addr, Message, MsgType, NodeDelta, Status, decode_message
+from .wire import (
+    MAX_PREAMBLE,
+    PREAMBLE_MAGIC,
+    Addr,
+    Message,
+    MsgType,
+    NodeDelta,
+    Status,
+    decode_message,
+    decode_preamble,
+)
 
 __all__ = [
     "Datagram",
@@ -56,7 +68,7 @@ __all__ = [
 log = logging.getLogger("rumor.gossip")
 
 
-class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
+class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clocks):
     def __init__(
         self,
         name: str,
@@ -67,12 +79,16 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
         generation: int,
         config: GossipConfig | None = None,
         keyring: Keyring | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
         self.name = name
         self.addr = addr
         self.generation = generation
         self.config = config or GossipConfig()
         self.rng = rng
+        self.wall_offset = wall_offset
+        self.hlc = HLC(self.config.max_clock_offset)
+        self._peer_clocks: dict[str, tuple[float, float]] = {}
         self.state = ClusterState()
         self.incarnation = 0
         self.local_health = 0
@@ -80,7 +96,7 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
         self.left = False
         self._sealer = Sealer(keyring, rng)
         self._opener = Opener(keyring)
-        self._replay: dict[tuple[str, bytes], ReplayWindow] = {}
+        self._replay: dict[tuple[str, bytes, int], ReplayWindow] = {}
         self._outbox: list[Outgoing] = []
         #: Record pulls asked for: name -> ((generation, max_version), when).
         self._pulls: dict[str, tuple[tuple[int, int], float]] = {}
@@ -141,6 +157,7 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
 
     def register_crdt(self, name: str, value: CRDT) -> None:
         """Replicate `value` cluster-wide under `name` (every node registers it)."""
+        self.witness_local(value)
         self.state.register_crdt(name, value)
 
     def update_crdt(self, name: str, delta: CRDT, now: float) -> None:
@@ -208,6 +225,32 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
         """Handle one datagram. Never raises for anything the peer sent."""
         self._receive(data, src, now, stream=False)
 
+    def seal_preamble(self, length: int) -> bytes:
+        """The small authenticated frame that opens a TCP stream: it names us and
+        the bytes that follow, so a receiver buffers nothing large for a peer
+        that cannot seal (gossip/transport.py)."""
+        body = [PREAMBLE_MAGIC, self.name, self.generation, length]
+        return self._sealer.seal(_packb(body), STREAM)
+
+    def open_preamble(self, data: bytes, src: Addr, now: float) -> int:
+        """Check a stream's preamble; returns the byte count it announces.
+        Raises RemoteProtocolError (counted and dropped, as for any packet)."""
+        try:
+            if len(data) > MAX_PREAMBLE:
+                raise RemoteProtocolError("oversized", "stream preamble too long")
+            plaintext, salt, counter = self._opener.open(data, STREAM)
+            body = decode_preamble(plaintext)
+            if salt:
+                key = (body[0], salt, STREAM)
+                window = self._replay.setdefault(key, ReplayWindow())
+                if not window.check_and_set(counter):
+                    raise RemoteProtocolError("replay", f"stream preamble from {body[0]}")
+        except RemoteProtocolError as e:
+            self._drop(e.reason, src, str(e))
+            raise
+        self._clock = max(self._clock, now)
+        return body[2]
+
     def receive_stream(self, frame: bytes, src: Addr, now: float) -> None:
         """Handle one frame of a TCP bulk stream (same envelope, larger limit)."""
         self._receive(frame, src, now, stream=True)
@@ -228,12 +271,13 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
             return
         self._clock = max(self._clock, now)
         try:
-            plaintext, nonce = self._opener.open(data)
+            plaintext, salt, counter = self._opener.open(data, STREAM if stream else DATAGRAM)
             msg = decode_message(plaintext, limit)
-            self._check_sender(msg, nonce, src, stream)
+            self._check_sender(msg, salt, counter, src, stream)
             # Every part of the message is validated here, before anything is
             # applied: a bad message is dropped whole, never half-applied.
             crdts = self._decode_crdts(msg)
+            self._check_timestamps(crdts, now)
         except RemoteProtocolError as e:
             self._drop(e.reason, src, str(e))
             return
@@ -248,7 +292,9 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
                 "error handling %s from %s:%s", msg.type.name, src[0], src[1], exc_info=True
             )
 
-    def _check_sender(self, msg: Message, nonce: bytes, src: Addr, stream: bool) -> None:
+    def _check_sender(
+        self, msg: Message, salt: bytes, counter: int, src: Addr, stream: bool
+    ) -> None:
         if msg.sender == self.name and msg.generation == self.generation:
             raise RemoteProtocolError("identity", "a packet claims to be from us")
         m = self.members.get(msg.sender)
@@ -258,13 +304,13 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
             )
         if m is not None and m.generation == msg.generation and m.addr != msg.addr:
             raise RemoteProtocolError("identity", f"{msg.sender} is known at {m.addr}")
-        if nonce:
-            salt, counter = nonce_counter(nonce)
-            window = self._replay.get((msg.sender, salt))
+        if salt:
+            key = (msg.sender, salt, STREAM if stream else DATAGRAM)
+            window = self._replay.get(key)
             if window is None:
-                if len(self._replay) > 4 * len(self.members) + 64:
+                if len(self._replay) > 8 * len(self.members) + 64:
                     self._replay.clear()  # bounded memory; stale windows only
-                window = self._replay[(msg.sender, salt)] = ReplayWindow()
+                window = self._replay[key] = ReplayWindow()
             if not window.check_and_set(counter):
                 raise RemoteProtocolError("replay", f"counter {counter} from {msg.sender}")
 
@@ -283,6 +329,7 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
 
     def _handle(self, msg: Message, crdts: list[tuple[str, CRDT]], now: float) -> None:
         self._heard_from(msg, now)
+        self._note_peer_clock(msg, now)
         for r in msg.rumors:
             self._apply_rumor(r, now, reply_to=msg.addr)
         t = msg.type
@@ -291,6 +338,8 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy):
                 self._send_syn(msg.addr, now, peer=msg.sender)
         elif t == MsgType.PING:
             if msg.target == self.name:
+                # Probed as a generation above ours: a former process of ours.
+                self._hear_of_self(msg.target_gen, now)
                 self._send(msg.addr, self._msg(MsgType.ACK, seq=msg.seq), now)
         elif t == MsgType.ACK:
             self._on_ack(msg, now)

@@ -103,22 +103,38 @@ class FailureDetection(NodeBase):
             return
         self._probing.add(target)
         seq = self._next_seq()
-        self._probes[seq] = Probe(target, now + self._probe_timeout(), light=light)
+        self._probes[seq] = Probe(
+            target, now + self._probe_timeout(), light=light, generation=m.generation
+        )
         self.counters["probes"] += 1
-        self._send(m.addr, self._msg(MsgType.PING, seq=seq, target=target), now)
+        ping = self._msg(MsgType.PING, seq=seq, target=target, target_gen=m.generation)
+        self._send(m.addr, ping, now)
         if light:
             return
         helpers = [p for p in self._random_peers(self.config.indirect_probes + 1) if p != target]
         helpers = helpers[: self.config.indirect_probes]
         self._probes[seq].helpers = len(helpers)
         for h in helpers:
-            req = self._msg(MsgType.PING_REQ, seq=seq, target=target, target_addr=m.addr)
+            req = self._msg(
+                MsgType.PING_REQ,
+                seq=seq,
+                target=target,
+                target_addr=m.addr,
+                target_gen=m.generation,
+            )
             self._send(self.members[h].addr, req, now)
 
     def _on_ack(self, msg: Message, now: float) -> None:
-        probe = self._probes.pop(msg.seq, None)
+        probe = self._probes.get(msg.seq)
         if probe is None:
             return
+        if msg.sender == probe.target and probe.generation not in (0, msg.generation):
+            # Another process of that name answered (a restart): it vouches
+            # for itself, not for the generation we probe. (A relayed ack
+            # comes from the helper, which made the same check.)
+            self.counters["acks_other_generation"] += 1
+            return
+        del self._probes[msg.seq]
         if probe.relay_to is not None:
             self._send(probe.relay_to, self._msg(MsgType.ACK, seq=probe.relay_seq), now)
             return
@@ -242,8 +258,10 @@ class FailureDetection(NodeBase):
             now + 0.8 * self._probe_timeout(),
             relay_to=msg.addr,
             relay_seq=msg.seq,
+            generation=msg.target_gen,
         )
-        self._send(msg.target_addr, self._msg(MsgType.PING, seq=seq, target=msg.target), now)
+        ping = self._msg(MsgType.PING, seq=seq, target=msg.target, target_gen=msg.target_gen)
+        self._send(msg.target_addr, ping, now)
 
     def _check_own_lateness(self, now: float, due: float) -> float:
         """Lifeguard's view of our own process, from how late this tick is;

@@ -15,6 +15,9 @@ class EventType(enum.StrEnum):
     LEAVE = "member-leave"
     REMOVED = "member-removed"
     CRDT = "crdt-update"
+    #: Our own name was held at a higher generation: we moved above it
+    #: (keys: the old and the new generation). Persist the new one.
+    GENERATION = "self-generation"
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,40 @@ class Membership(NodeBase):
                 # It speaks, so it lives; but only it may overrule our verdict.
                 # Tell it, so it refutes with a higher incarnation.
                 self._tell(m.name, m.addr, m.rumor(), now)
+        elif msg.type != MsgType.PUSH:
+            # A process of that name below the generation we hold (its restart
+            # went back in time: a wiped disk, a clock set back). Tell it what
+            # we hold, so it moves above; until then we credit it nothing.
+            self._tell(m.name, msg.addr, m.rumor(), now)
+
+    def _hear_of_self(self, generation: int, now: float) -> bool:
+        """Others hold our name at `generation`; if that is above ours, a
+        previous process of ours got there, and we move above it (else our
+        news would be stale everywhere, forever). True if we moved."""
+        if generation <= self.generation or self.left:
+            return False
+        old = self.generation
+        self.generation = generation + 1
+        self.incarnation = 0
+        self.members[self.name] = Member(
+            self.name, self.generation, self.addr, status_since=now, last_heard=now
+        )
+        self.table.sync(self.name)
+        # The record starts over at the new generation with the same keys.
+        keep = sorted(
+            ((e.version, k, e.value) for k, e in self.own.entries.items() if not e.deleted),
+            key=lambda t: t[0],
+        )
+        self.own = self.state.add_record(self.name, self.generation, self.addr, now)
+        for _, key, value in keep:
+            self.own.set_local(key, value, now)
+        self.state.touched(self.name)
+        self.counters["generation_moves"] += 1
+        self._emit(EventType.GENERATION, self.name, now, (str(old), str(self.generation)))
+        self._queue_rumor(self.name)
+        self._queue_record(self.name, 0)
+        self._push_now(now)
+        return True
 
     def _new_member(
         self, name: str, generation: int, addr: Addr, now: float, rumor: Rumor | None = None
@@ -60,6 +94,8 @@ class Membership(NodeBase):
 
     def _apply_rumor(self, r: Rumor, now: float, reply_to: Addr | None = None) -> None:
         if r.name == self.name:
+            if self._hear_of_self(r.generation, now):
+                return
             accused = (
                 r.generation == self.generation
                 and r.status in (Status.SUSPECT, Status.DEAD)

@@ -42,6 +42,21 @@ HIGHER_INCARNATION: dict[Status, frozenset[Status]] = {
 }
 
 
+def next_generation(saved: int | None, wall_s: float) -> int:
+    """A new process's generation: above the last one saved on disk, and at
+    least the wall clock in ms, so a lost or wiped disk still moves it up. A
+    clock set back can still land below an earlier generation; the node then
+    hears of its old self from its peers and moves above it (`members`)."""
+    return max((saved or 0) + 1, int(wall_s * 1000))
+
+
+def replica_id(name: str, generation: int) -> str:
+    """A process's replica id in the cluster CRDTs: unique per process lifetime,
+    so a restart, with its saved state or without, never reissues a dot (the
+    same dot for different keys breaks merge) nor reuses a tie-breaker."""
+    return f"{name}@{generation}"
+
+
 def legal(old: Status, new: Status, higher_incarnation: bool) -> bool:
     table = HIGHER_INCARNATION if higher_incarnation else SAME_INCARNATION
     return new in table[old]

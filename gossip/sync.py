@@ -55,6 +55,8 @@ class AntiEntropy(NodeBase):
         deltas: list[NodeDelta] = []
         rumors: list[Rumor] = []
         for e in msg.digest:
+            if e.name == self.name and self._hear_of_self(e.generation, now):
+                continue
             rec = self.state.records.get(e.name)
             if rec is None:
                 if self.state.is_tombstoned(e.name, e.generation):
@@ -112,6 +114,7 @@ class AntiEntropy(NodeBase):
         forward = False
         for d in msg.deltas:
             if d.name == self.name:
+                self._hear_of_self(d.generation, now)
                 continue
             outcome, changed = self.state.apply_delta(d, now)
             if outcome == "gap":
@@ -131,6 +134,7 @@ class AntiEntropy(NodeBase):
             if mine is None:
                 continue
             before = self.state.crdt_hash(name)
+            self._witness(value, now)
             mine.merge(value)
             self.state.crdt_changed(name)
             if self.state.crdt_hash(name) != before:
@@ -138,9 +142,10 @@ class AntiEntropy(NodeBase):
                 self._queue_crdt(name, value)
                 forward = True
         for a in msg.announces:
-            if a.entry.name == self.name or self.state.is_tombstoned(
-                a.entry.name, a.entry.generation
-            ):
+            if a.entry.name == self.name:
+                self._hear_of_self(a.entry.generation, now)
+                continue
+            if self.state.is_tombstoned(a.entry.name, a.entry.generation):
                 continue
             rec = self.state.records.get(a.entry.name)
             if (

@@ -26,6 +26,9 @@ from gossip.core import Datagram, GossipEvent, GossipNode, StreamFrame
 from gossip.crypto import Keyring
 from gossip.wire import Addr
 
+#: The simulated wall clock starts here (2026-01-01 UTC): node clocks are
+#: virtual time plus their skew plus this, so timestamps look like real ones.
+SIM_EPOCH = 1_767_225_600.0
 
 @dataclass
 class LinkModel:
@@ -141,6 +144,7 @@ class SimNetwork:
             generation=generation,
             config=config or self.config,
             keyring=kr,
+            wall_offset=SIM_EPOCH,
         )
         sn = SimNode(name, addr, node)
         if name in self.nodes:
@@ -158,9 +162,12 @@ class SimNetwork:
         self.nodes[name].alive = False
         self.nodes[name].inbox.clear()
 
-    def restart(self, name: str, join: list[str]) -> GossipNode:
+    def restart(self, name: str, join: list[str], generation: int | None = None) -> GossipNode:
+        """A new process for `name`: by default one generation up; pass
+        `generation` to model a lost disk or a clock set back."""
         old = self.nodes[name]
-        return self.add_node(name, join=join, generation=old.node.generation + 1)
+        gen = old.node.generation + 1 if generation is None else generation
+        return self.add_node(name, join=join, generation=gen)
 
     def pause(self, name: str, duration: float) -> None:
         """The node's process stops (a GC or GPU stall): nothing in or out."""
@@ -177,6 +184,10 @@ class SimNetwork:
         self.grudges.clear()
 
     # -- the event loop ----------------------------------------------------------
+
+    def local_time(self, name: str) -> float:
+        """What `name`'s own clock reads now (virtual time plus its skew)."""
+        return self._local(self.nodes[name])
 
     def _local(self, sn: SimNode) -> float:
         return self.now + sn.skew + sn.drift * (self.now - sn.drift_since)
