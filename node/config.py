@@ -52,6 +52,11 @@ class NodeConfig:
     #: one no longer assigned here after `placement_unload_hold`.
     placement_hold: float = 2.0
     placement_unload_hold: float = 30.0
+    #: Open /v1/events streams at most (each holds a buffer of 1,000 events).
+    max_event_subscribers: int = 64
+    #: Shift the wall clock this node uses for gossip and timestamps by this
+    #: many seconds: for rehearsing clock faults, never for production.
+    clock_skew: float = 0.0
     #: HTTP server limits (node.httpserver.HTTPLimits says why each default).
     #: Idle keep-alive: above common proxies' 60 s, so clients close first.
     http_keep_alive: float = 75.0

@@ -21,10 +21,11 @@ from typing import Any
 
 import trio
 
-from crdt import HLC, DecodeError, LWWMap, LWWRegister, ORMap, decode, encode
+from crdt import DecodeError, LWWMap, LWWRegister, ORMap, decode, encode
 from gossip.config import GossipConfig
-from gossip.core import GossipEvent, GossipNode
+from gossip.core import EventType, GossipEvent, GossipNode
 from gossip.crypto import Keyring
+from gossip.status import next_generation, replica_id
 from gossip.transport import GossipRuntime, parse_hostport
 from gossip.wire import Status
 from inference.config import ModelConfig
@@ -32,6 +33,7 @@ from inference.errors import ConfigError
 from inference.service import InferenceService, ModelState
 
 from .config import NodeConfig
+from .errors import ClockUnhealthy, TooManySubscribers
 from .placement import Placer, assign, capacity_of
 from .router import Candidate, drain, pick
 
@@ -55,14 +57,13 @@ class Daemon:
         self.generation = self._next_generation()
         self.draining = False
         self.in_flight = 0
-        self._event_waiters: list[trio.MemorySendChannel[dict[str, Any]]] = []
+        self._subscribers: list[Subscription] = []
         self._published: dict[str, Any] = {}
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
         self.device = _device_info()
         self.admin_token = _admin_token(config)
-        self.hlc = HLC()
         self._state_dirty = False
         #: One cancel scope per request being served; cancelled when the drain
         #: timeout runs out, so each such request fails with a clear 503.
@@ -80,18 +81,29 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------
 
     def _next_generation(self) -> int:
-        """Persisted and incremented with --data-dir; else wall-clock milliseconds."""
-        if self.config.data_dir is None:
-            return time.time_ns() // 1_000_000
-        d = Path(self.config.data_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "generation"
-        try:
-            gen = int(path.read_text()) + 1
-        except (OSError, ValueError):
-            gen = 1
-        _atomic_write(path, str(gen).encode())
+        """Above the one saved with --data-dir, and at least the wall clock in ms
+        (gossip.status.next_generation): it rises whatever happened to the disk."""
+        saved = None
+        if self.config.data_dir is not None:
+            d = Path(self.config.data_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            try:
+                saved = int((d / "generation").read_text())
+            except (OSError, ValueError):
+                saved = None
+        gen = next_generation(saved, time.time())
+        self._save_generation(gen)
         return gen
+
+    def _save_generation(self, gen: int) -> None:
+        if self.config.data_dir is not None:
+            _atomic_write(Path(self.config.data_dir) / "generation", str(gen).encode())
+
+    @property
+    def replica_id(self) -> str:
+        """This process's id in the CRDTs: unique per process lifetime, so a
+        restart never reuses a dot or a timestamp's tie-breaker."""
+        return replica_id(self.name, self.node.generation)
 
     @property
     def node(self) -> GossipNode:
@@ -116,6 +128,7 @@ class Daemon:
             generation=self.generation,
             on_events=self._on_gossip_events,
             setup=self._setup_gossip,
+            clock_skew=cfg.clock_skew,
         )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -180,7 +193,7 @@ class Daemon:
         _atomic_write(path, blob)
 
     def _ts(self) -> int:
-        return self.hlc.now(time.time())
+        return self.node.timestamp(trio.current_time())
 
     def catalog(self) -> dict[str, Any]:
         value: dict[str, Any] = self.node.crdt("catalog").value
@@ -190,25 +203,46 @@ class Daemon:
         value: dict[str, Any] = self.node.crdt("replicas").value
         return value
 
+    def check_clock(self) -> None:
+        """Refuse a last-writer-wins write while this node's clock is too far
+        from its peers': its timestamps would win (or lose) wrongly."""
+        now = trio.current_time()
+        if not self.node.clock_healthy(now):
+            rep = self.node.clock_report(now)
+            raise ClockUnhealthy(
+                f"this node's clock is {rep['offset_s']:+.3f} s from its peers' "
+                f"(limit {rep['max_offset_s']:g} s): fix its time (NTP) and retry, "
+                "or write through another node"
+            )
+
     def _local_crdt_change(self, name: str, delta: Any) -> None:
+        """The mutation is already in the CRDT: persist it, then send it, so a
+        crash cannot lose a dot that peers already hold."""
         assert self.gossip is not None
+        self.save_state()
         self.node.update_crdt(name, delta, trio.current_time())
         self.gossip.kick()
-        self.save_state()
 
-    def catalog_put(self, model: str, spec: dict[str, Any]) -> None:
-        ts = self._ts()
+    def catalog_put(self, model: str, spec: dict[str, Any]) -> Any:
+        """Write a catalog entry; returns the spec that holds after it."""
+        self.check_clock()
+        ts, rid = self._ts(), self.replica_id
         catalog: ORMap = self.node.crdt("catalog")  # type: ignore[assignment]
-        delta = catalog.update(self.name, model, lambda reg: reg.set(self.name, spec, ts))
+        delta = catalog.update(rid, model, lambda reg: reg.set(rid, spec, ts))
         self._local_crdt_change("catalog", delta)
+        return self.catalog().get(model)
 
     def catalog_delete(self, model: str) -> None:
         catalog: ORMap = self.node.crdt("catalog")  # type: ignore[assignment]
-        self._local_crdt_change("catalog", catalog.remove(self.name, model))
+        self._local_crdt_change("catalog", catalog.remove(self.replica_id, model))
 
-    def set_replica_target(self, model: str, replicas: int) -> None:
+    def set_replica_target(self, model: str, replicas: int) -> Any:
+        """Write a replica target; returns the target that holds after it."""
+        self.check_clock()
         targets: LWWMap = self.node.crdt("replicas")  # type: ignore[assignment]
-        self._local_crdt_change("replicas", targets.set(self.name, model, replicas, self._ts()))
+        delta = targets.set(self.replica_id, model, replicas, self._ts())
+        self._local_crdt_change("replicas", delta)
+        return self.replica_targets().get(model)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Replace this node's user tags, gossiped in its record.
@@ -414,6 +448,18 @@ class Daemon:
             "crdt-update": "catalog-update",
         }
         for ev in events:
+            if ev.type == EventType.GENERATION:
+                # Peers held our name at a higher generation (our disk or clock
+                # went back): we moved above it. Remember, so a restart does too.
+                self.generation = self.node.generation
+                self._save_generation(self.generation)
+                log.warning(
+                    "moved to generation %d: peers knew this name at %s",
+                    self.generation,
+                    ev.keys[0] if ev.keys else "?",
+                    extra={"event": "generation-move", "member": self.name},
+                )
+                continue
             kind = mapping.get(ev.type.value)
             if kind is None:
                 continue
@@ -437,16 +483,28 @@ class Daemon:
             self._emit(item)
 
     def _emit(self, item: dict[str, Any]) -> None:
-        for ch in list(self._event_waiters):
+        for sub in list(self._subscribers):
             try:
-                ch.send_nowait(item)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._event_waiters.remove(ch)
+                sub.send.send_nowait(item)
+            except trio.WouldBlock:
+                # A subscriber this far behind is dropped, and told so when it
+                # has read what it holds (an events-lost event; see http.events).
+                sub.lost = True
+                sub.send.close()
+                self._subscribers.remove(sub)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(sub)
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
-        send, recv = trio.open_memory_channel[dict[str, Any]](1000)
-        self._event_waiters.append(send)
-        return recv
+    def subscribe(self) -> Subscription:
+        if len(self._subscribers) >= self.config.max_event_subscribers:
+            raise TooManySubscribers(
+                f"{len(self._subscribers)} event streams are open "
+                f"(max_event_subscribers); retry later"
+            )
+        send, recv = trio.open_memory_channel[dict[str, Any]](EVENT_BUFFER)
+        sub = Subscription(send, recv)
+        self._subscribers.append(sub)
+        return sub
 
     # -- the cluster view ------------------------------------------------------
 
@@ -476,7 +534,8 @@ class Daemon:
             )
         return {
             "self": self.name,
-            "generation": self.generation,
+            "generation": self.node.generation,
+            "clock": self.node.clock_report(now),
             "members": members,
             "placement": self.placement_view(),
         }
@@ -598,6 +657,23 @@ class Daemon:
         rec = self.node.record(name)
         value = rec.get("http") if rec is not None else None
         return value if isinstance(value, str) and value else None
+
+
+#: Events a subscriber may fall behind by before it is dropped.
+EVENT_BUFFER = 1000
+
+
+class Subscription:
+    """One /v1/events stream: its channel, and whether we dropped it."""
+
+    __slots__ = ("lost", "receive", "send")
+
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[dict[str, Any]],
+        receive: trio.MemoryReceiveChannel[dict[str, Any]],
+    ) -> None:
+        self.send, self.receive, self.lost = send, receive, False
 
 
 def model_info(rec: Any, model: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -36,6 +37,7 @@ from inference.errors import (
     RequestTimeout,
 )
 
+from .errors import ClockUnhealthy, TooManySubscribers
 from .forward import Forwarder, ForwardError
 from .httpserver import BodyRejected, serve_asgi
 from .httpserver import read_body as _read_body
@@ -43,7 +45,7 @@ from .httpserver import read_body as _read_body
 if TYPE_CHECKING:
     import torch
 
-    from .daemon import Daemon
+    from .daemon import Daemon, Subscription
 
 log = logging.getLogger("rumor.http")
 
@@ -61,6 +63,9 @@ DTYPES = {
     "UINT8": "uint8",
     "BOOL": "bool",
 }
+#: Bounds on client input: a replica target, a tensor dimension, a tensor's elements.
+MAX_REPLICAS = 10_000
+MAX_DIM = 2**31 - 1
 FORWARDED = "x-rumor-forwarded"
 TRACE = "x-rumor-trace-id"
 SERVED_BY = "x-rumor-served-by"
@@ -122,6 +127,18 @@ class _Collector:
         for key in sorted(c):
             every.add_metric([key], c[key])
         yield every
+        clock = d.node.clock_report(trio.current_time())
+        offset = GaugeMetricFamily(
+            "rumor_clock_offset_seconds",
+            "this node's clock minus the median of its peers' (NaN: no samples yet)",
+        )
+        offset.add_metric([], float("nan") if clock["offset_s"] is None else clock["offset_s"])
+        yield offset
+        healthy = GaugeMetricFamily(
+            "rumor_clock_healthy", "1 if the clock is within max_clock_offset of its peers'"
+        )
+        healthy.add_metric([], 1.0 if clock["healthy"] else 0.0)
+        yield healthy
         members = GaugeMetricFamily("rumor_members", "members by status", labels=["status"])
         counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
         for m in d.node.members.values():
@@ -409,16 +426,14 @@ def build_app(daemon: Daemon) -> Starlette:
         return JSONResponse({"tags": tags})
 
     async def events(request: Request) -> Response:
-        channel = daemon.subscribe()
-
-        async def stream() -> Any:
-            yield ": rumor events\n\n"
-            async with channel:
-                async for item in channel:
-                    yield f"data: {json.dumps(item)}\n\n"
-
+        try:
+            sub = daemon.subscribe()
+        except TooManySubscribers as e:
+            return _error(503, str(e), _trace(), {"Retry-After": "5"})
         return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            sse_events(sub, daemon.name),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
         )
 
     async def add_model(request: Request) -> Response:
@@ -433,9 +448,18 @@ def build_app(daemon: Daemon) -> Starlette:
             return _error(e.status, e.message, _trace(), e.headers)
         except (ConfigError, TypeError, ValueError) as e:
             return _error(400, f"invalid model spec: {e}", _trace())
-        daemon.catalog_put(mc.name, spec)
+        try:
+            held = daemon.catalog_put(mc.name, spec)
+        except ClockUnhealthy as e:
+            return _error(503, str(e), _trace(), {"Retry-After": "5"})
         return JSONResponse(
-            {"model": mc.name, "catalog": sorted(daemon.catalog())}, status_code=201
+            {
+                "model": mc.name,
+                "spec": held,
+                "applied": held == spec,
+                "catalog": sorted(daemon.catalog()),
+            },
+            status_code=201,
         )
 
     async def delete_model(request: Request) -> Response:
@@ -456,12 +480,18 @@ def build_app(daemon: Daemon) -> Starlette:
         except HTTPError as e:
             return _error(e.status, e.message, _trace(), e.headers)
         n = body.get("replicas") if isinstance(body, dict) else None
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            return _error(400, 'body must be {"replicas": N} with N >= 0', _trace())
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_REPLICAS:
+            return _error(
+                400, f'body must be {{"replicas": N}} with 0 <= N <= {MAX_REPLICAS}', _trace()
+            )
         if m not in daemon.catalog():
             return _error(404, f"model {m!r} is not in the catalog", _trace())
-        daemon.set_replica_target(m, n)
-        return JSONResponse({"model": m, "replicas": n})
+        try:
+            held = daemon.set_replica_target(m, n)
+        except ClockUnhealthy as e:
+            return _error(503, str(e), _trace(), {"Retry-After": "5"})
+        # The value that holds after the write (a later write elsewhere may win).
+        return JSONResponse({"model": m, "replicas": held, "applied": held == n})
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"catalog": daemon.catalog(), "replicas": daemon.replica_targets()})
@@ -488,6 +518,19 @@ def build_app(daemon: Daemon) -> Starlette:
     return Starlette(routes=routes)
 
 
+async def sse_events(sub: Subscription, node: str) -> AsyncIterator[str]:
+    """A subscription as server-sent events. A subscriber that fell too far
+    behind was dropped; its stream then ends with an `events-lost` event, so
+    the client reconnects and re-reads /v1/cluster rather than miss events."""
+    yield ": rumor events\n\n"
+    async with sub.receive:
+        async for item in sub.receive:
+            yield f"data: {json.dumps(item)}\n\n"
+    if sub.lost:
+        lost = {"type": "events-lost", "member": node, "time": time.time()}
+        yield f"event: events-lost\ndata: {json.dumps(lost)}\n\n"
+
+
 def _trace() -> str:
     from .daemon import new_trace_id
 
@@ -512,16 +555,42 @@ def _parse_infer(body: bytes) -> dict[str, Any]:
                 raise HTTPError(400, f"inputs[{i}] lacks '{key}'")
         if not isinstance(t["name"], str):
             raise HTTPError(400, f"inputs[{i}].name must be a string")
-        if t["datatype"] not in DTYPES:
+        if not isinstance(t["datatype"], str) or t["datatype"] not in DTYPES:
             raise HTTPError(
                 400, f"inputs[{i}].datatype {t['datatype']!r} is not one of {', '.join(DTYPES)}"
             )
         shape = t["shape"]
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 32
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+            )
         ):
-            raise HTTPError(400, f"inputs[{i}].shape must be a list of non-negative integers")
+            raise HTTPError(
+                400,
+                f"inputs[{i}].shape must be a list of at most 32 integers in 0..{MAX_DIM}",
+            )
+        if not isinstance(t["data"], list):
+            raise HTTPError(400, f"inputs[{i}].data must be a list")
+        n = math.prod(shape)
+        if n != _count(t["data"]):
+            raise HTTPError(
+                400, f"inputs[{i}] has {_count(t['data'])} values, shape {shape} needs {n}"
+            )
     return payload
+
+
+def _count(data: list[Any]) -> int:
+    """Scalars in a (possibly nested) JSON list, without building a tensor."""
+    n, stack = 0, [data]
+    while stack:
+        for x in stack.pop():
+            if isinstance(x, list):
+                stack.append(x)
+            else:
+                n += 1
+    return n
 
 
 @functools.cache
@@ -548,7 +617,10 @@ def _to_tensors(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
             raise HTTPError(
                 400, f"inputs[{i}] has {tensor.numel()} values, shape {t['shape']} needs {n}"
             )
-        out[t["name"]] = tensor.reshape(t["shape"])
+        try:
+            out[t["name"]] = tensor.reshape(t["shape"])
+        except RuntimeError as e:
+            raise HTTPError(400, f"inputs[{i}]: {e}") from None
     return out
 
 
