@@ -39,6 +39,7 @@ from inference.errors import (
 )
 
 from .forward import Forwarder, ForwardError
+from .ui_routes import ui_routes
 
 if TYPE_CHECKING:
     import torch
@@ -492,6 +493,7 @@ def build_app(daemon: Daemon) -> Starlette:
         Route("/v1/models/{model}", delete_model, methods=["DELETE"]),
         Route("/v1/models/{model}/replicas", set_replicas, methods=["PUT"]),
         Route("/metrics", metrics),
+        *ui_routes(),  # GET /ui: the live cluster page (node/ui/)
     ]
     return Starlette(routes=routes)
 
