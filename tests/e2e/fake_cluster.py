@@ -2,10 +2,10 @@
 100-member `GET /v1/cluster` that changes on every read, and a `GET /v1/events`
 stream of bursts. Run as a process by tests/e2e/test_ui_scale.py:
 
-    python -m tests.e2e.fake_cluster --members 100 --lost-after 40
+    python -m tests.e2e.fake_cluster --members 100 --lost-after 300 --drop-after 300
 
 It prints one JSON line with its address, like `rumor node`. `GET /fake/stats`
-says what the page did (reads, stream connections, reads after a lost stream);
+says what the page did (when it read the view, when it opened streams);
 `POST /fake/status/{member}/{status}` changes a member's status.
 
 The view carries what the page must cope with: suspect and dead members, LLM
@@ -37,20 +37,24 @@ COMPLETED_PER_S = 10.0
 
 
 class FakeCluster:
-    def __init__(self, members: int, lost_after: int, burst: int, burst_every: float) -> None:
+    def __init__(
+        self, members: int, lost_after: int, drop_after: int, burst: int, burst_every: float
+    ) -> None:
         self.names = [f"m{i:03d}" for i in range(members - 1)] + [HOSTILE]
         self.status = dict.fromkeys(self.names, "alive")
         self.status["m013"] = "suspect"
         self.status["m042"] = "dead"
-        self.lost_after, self.burst, self.burst_every = lost_after, burst, burst_every
+        # The first stream ends with events-lost after `lost_after` events, the
+        # second just ends (a drop) after `drop_after`; 0: never.
+        self.ends = {1: ("lost", lost_after), 2: ("drop", drop_after)}
+        self.burst, self.burst_every = burst, burst_every
         self.t0 = time.monotonic()
         self.stats: dict[str, Any] = {
             "reads": 0,
-            "event_connections": 0,
+            "read_times": [],  # seconds since start, the last 200
+            "stream_opened": [],  # seconds since start, per stream
+            "stream_ended": [],  # [how, seconds since start]
             "events_sent": 0,
-            "lost_sent": False,
-            "reads_after_lost": 0,
-            "connections_after_lost": 0,
         }
 
     def member(self, i: int, name: str, seq: int, now: float) -> dict[str, Any]:
@@ -85,10 +89,9 @@ class FakeCluster:
         }
 
     def view(self) -> dict[str, Any]:
-        self.stats["reads"] += 1
-        if self.stats["lost_sent"]:
-            self.stats["reads_after_lost"] += 1
-        seq, now = self.stats["reads"], time.monotonic() - self.t0
+        seq, now = self.stats["reads"] + 1, time.monotonic() - self.t0
+        self.stats["reads"] = seq
+        self.stats["read_times"] = [*self.stats["read_times"][-199:], now]
         members = [self.member(i, n, seq, now) for i, n in enumerate(self.names)]
         alive = [m["name"] for m in members if m["status"] == "alive"]
         return {
@@ -102,10 +105,8 @@ class FakeCluster:
         }
 
     async def events(self) -> Any:
-        self.stats["event_connections"] += 1
-        first = self.stats["event_connections"] == 1
-        if self.stats["lost_sent"]:
-            self.stats["connections_after_lost"] += 1
+        self.stats["stream_opened"].append(time.monotonic() - self.t0)
+        how, end_after = self.ends.get(len(self.stats["stream_opened"]), ("", 0))
         yield ": fake events\n\n"
         sent = 0
         while True:
@@ -122,10 +123,11 @@ class FakeCluster:
                 yield f"data: {json.dumps(item)}\n\n"
             sent += self.burst
             self.stats["events_sent"] += self.burst
-            if first and self.lost_after and sent >= self.lost_after:
-                self.stats["lost_sent"] = True
-                yield f"data: {json.dumps({'type': 'events-lost', 'time': time.time()})}\n\n"
-                return  # and the stream ends, as the daemon's does
+            if end_after and sent >= end_after:
+                if how == "lost":
+                    yield f"data: {json.dumps({'type': 'events-lost', 'time': time.time()})}\n\n"
+                self.stats["stream_ended"].append([how, time.monotonic() - self.t0])
+                return
             await trio.sleep(self.burst_every)
 
 
@@ -159,7 +161,7 @@ def build_app(fake: FakeCluster) -> Starlette:
 
 
 async def main(args: argparse.Namespace) -> None:
-    fake = FakeCluster(args.members, args.lost_after, args.burst, args.burst_every)
+    fake = FakeCluster(args.members, args.lost_after, args.drop_after, args.burst, args.burst_every)
     config = HyperConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = config.errorlog = None
@@ -171,7 +173,10 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--members", type=int, default=100)
-    parser.add_argument("--lost-after", type=int, default=0, help="events-lost after N events")
+    parser.add_argument(
+        "--lost-after", type=int, default=0, help="end stream 1 with events-lost after N events"
+    )
+    parser.add_argument("--drop-after", type=int, default=0, help="end stream 2 after N events")
     parser.add_argument("--burst", type=int, default=100, help="events per burst")
     parser.add_argument("--burst-every", type=float, default=1.0, help="seconds between bursts")
     trio.run(main, parser.parse_args())

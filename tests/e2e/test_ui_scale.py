@@ -37,11 +37,14 @@ from tests.e2e.fake_cluster import HOSTILE
 ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = 100
 LOST_AFTER = 300  # events on the first stream, then events-lost
-#: Budgets, each at least 3x the slowest quiet run here (2-core VM, Chromium
-#: 156): first render of 100 members 135-470 ms; one render (a read applied to
-#: three 100-row tables and the chart) median 15-30 ms; the longest main-thread
-#: task while updates and event bursts apply 50-80 ms.
-LOAD_BUDGET_MS = 1500
+DROP_AFTER = 300  # events on the second stream, then it ends
+#: Budgets, each at least 3x the slowest quiet run here (2-core VM shared with
+#: other work, Chromium 156): load event 95-220 ms; first render of 100 members
+#: 220-470 ms; one render (a read applied to three 100-row tables and the
+#: chart) median 15-30 ms; the longest main-thread task while reads and event
+#: bursts apply: none over 50 ms in most runs, 56 ms in one.
+LOAD_BUDGET_MS = 1000
+FIRST_RENDER_BUDGET_MS = 1500
 RENDER_MEDIAN_BUDGET_MS = 100
 LONG_TASK_BUDGET_MS = 250
 
@@ -57,6 +60,8 @@ def fake() -> Iterator[str]:
             str(MEMBERS),
             "--lost-after",
             str(LOST_AFTER),
+            "--drop-after",
+            str(DROP_AFTER),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -90,7 +95,7 @@ def test_a_100_member_view_renders_fast(page: WebDriver) -> None:
     t = timing(page)
     print(f"100 members: load event {t['load']:.0f} ms, first render {t['first_render']:.0f} ms")
     assert 0 < t["load"] < LOAD_BUDGET_MS
-    assert t["first_render"] < LOAD_BUDGET_MS
+    assert t["first_render"] < FIRST_RENDER_BUDGET_MS
     members = table(page, "members")
     assert len(members) == MEMBERS
     # Trouble first, clearly marked.
@@ -182,26 +187,35 @@ def test_peer_strings_are_shown_as_text(page: WebDriver) -> None:
     assert console_errors(page) == []  # nothing broke the CSP, nothing failed to load
 
 
-def test_events_newest_first_filtered_and_resumed_after_events_lost(
+def test_after_events_lost_or_a_dropped_stream_the_page_rereads_and_reconnects(
     page: WebDriver, fake: str
 ) -> None:
-    until(lambda: stats(fake), lambda s: s["lost_sent"], 15, "the fake to send events-lost")
-    after = until(
+    st = until(
         lambda: stats(fake),
-        lambda s: s["connections_after_lost"] >= 1 and s["reads_after_lost"] >= 1,
-        10,
-        "a new stream and a fresh read after events-lost",
+        lambda s: len(s["stream_ended"]) == 2 and len(s["stream_opened"]) >= 3,
+        20,
+        "stream 1 to end with events-lost, stream 2 to drop, and a third stream",
     )
-    print(f"after events-lost: {after}")
+    opened, reads = st["stream_opened"], st["read_times"]
+    for (how, ended), reopened in zip(st["stream_ended"], opened[1:], strict=False):
+        # A new stream after the backoff (250 ms, doubling only while opens fail)...
+        assert 0 <= reopened - ended < 2.0, (how, ended, reopened)
+        # ...and the view read again as soon as it opened: the page polls once
+        # a second, so a read this close to the open is the re-read (a poll
+        # lands here by chance 1 time in 3).
+        assert any(0 <= t - reopened < 0.3 for t in reads), (how, reopened, reads[-10:])
+    print(f"streams opened {opened}, ended {st['stream_ended']}")
     until(
         lambda: page.find_element("id", "conn").get_attribute("data-state"),
         lambda s: s == "live",
         10,
         "the stream to be live again",
     )
-    # Default filter: everything but record updates.
-    assert [e[1] for e in visible_events(page)] == ["events-lost"]
+    # The log says both, newest first (record updates are hidden by default).
+    assert [e[1] for e in visible_events(page)] == ["stream-dropped", "events-lost"]
 
+
+def test_events_newest_first_and_filtered_by_type(page: WebDriver) -> None:
     Select(page.find_element("id", "event-filter")).select_by_visible_text("all types")
     events = until(
         lambda: visible_events(page),
