@@ -68,7 +68,8 @@ function memberCells(m, self) {
     { text: str(m.name), chips: m.name === self ? [{ text: "this page", cls: "self" }] : [] },
     {
       chips: [{ text: str(m.status), cls: `status ${status}` }],
-      title: `last heard ${fmtAge(ev.last_heard_s)} ago; ${str(m.status)} for ${fmtAge(ev.status_since_s)}`,
+      title: `last heard ${fmtAge(ev.last_heard_s)} ago; `
+        + `${str(m.status)} for ${fmtAge(ev.status_since_s)}`,
     },
     str(m.generation),
     str(m.incarnation),
@@ -136,7 +137,10 @@ function modelCells(r) {
   return [
     r.name,
     r.target === null ? { text: "-", title: "loaded by flag, not placed" } : String(r.target),
-    { text: r.target === null ? String(r.ready) : `${r.ready} / ${r.target}`, cls: under ? "under" : "ok" },
+    {
+      text: r.target === null ? String(r.ready) : `${r.ready} / ${r.target}`,
+      cls: under ? "under" : "ok",
+    },
     { cls: "chips", chips: r.chips },
   ];
 }
@@ -166,7 +170,8 @@ function loadCells(m, flat, rate, cols) {
     if (c.use !== undefined) {
       const used = num(flat[`${c.use}used`]);
       const total = num(flat[`${c.use}total`]);
-      cells.push(used !== null && total ? { bar: used / total, text: ` ${Math.round((100 * used) / total)}%` } : "-");
+      const share = used !== null && total ? used / total : null;
+      cells.push(share === null ? "-" : { bar: share, text: ` ${Math.round(100 * share)}%` });
     } else {
       cells.push(c.key in flat ? fmtField(c.key, flat[c.key]) : "-");
     }
@@ -195,8 +200,9 @@ function render(view) {
   const self = str(view.self);
   // Trouble first (dead, suspect, left), then by name: a dead member among 100
   // is at the top of its table, not below the fold.
-  const members = (Array.isArray(view.members) ? view.members.filter(isObj) : [])
-    .sort((a, b) => SEVERITY[statusOf(a)] - SEVERITY[statusOf(b)] || (str(a.name) < str(b.name) ? -1 : 1));
+  const members = (Array.isArray(view.members) ? view.members.filter(isObj) : []).sort(
+    (a, b) => SEVERITY[statusOf(a)] - SEVERITY[statusOf(b)] || (str(a.name) < str(b.name) ? -1 : 1),
+  );
 
   $("self-name").textContent = self;
   $("self-addr").textContent = `${location.host} · generation ${str(view.generation)}`;
@@ -234,7 +240,8 @@ function render(view) {
     page.loadKeys = colSig;
     const head = $("load").tHead.rows[0];
     head.replaceChildren(el("th", "", "node"), el("th", "", RATE));
-    head.cells[1].title = "from the `completed` counter over 5 s when reported, else `throughput` (rows/s)";
+    head.cells[1].title =
+      "from the `completed` counter over 5 s when reported, else `throughput` (rows/s)";
     for (const c of cols) head.append(el("th", c.use !== undefined ? "use" : "", c.title));
   }
   syncRows($("load").tBodies[0], members, (m) => str(m.name),
@@ -244,6 +251,7 @@ function render(view) {
   renderChart(now);
   $("updated").textContent = `view read ${fmtClock(now)}`;
   performance.measure("rumor-render", "rumor-render-start");
+  performance.clearMarks("rumor-render-start"); // else one entry per read, for as long as open
   if (++page.renders === 1) performance.mark("rumor-first-render");
   if (page.renders % 100 === 0) performance.clearMeasures("rumor-render");
 }
@@ -262,7 +270,9 @@ function renderSummary(members) {
 function renderChart(now) {
   const select = $("chart-metric");
   const keys = new Set([RATE, IN_SYSTEM]);
-  for (const samples of page.history.values()) for (const k of Object.keys(samples.at(-1)[1])) keys.add(k);
+  for (const samples of page.history.values()) {
+    for (const k of Object.keys(samples.at(-1)[1])) keys.add(k);
+  }
   const sig = [...keys].join("\n");
   if (sig !== page.chartKeys) {
     page.chartKeys = sig;
@@ -280,7 +290,9 @@ function renderChart(now) {
     points: samples.filter(([, s]) => metric in s).map(([t, s]) => [t, s[metric]]),
   }));
   const latest = (s) => (s.points.length ? s.points.at(-1)[1] : -1);
-  const top = [...series].sort((a, b) => latest(b) - latest(a) || (a.name < b.name ? -1 : 1)).slice(0, LEGEND_MAX);
+  const top = [...series]
+    .sort((a, b) => latest(b) - latest(a) || (a.name < b.name ? -1 : 1))
+    .slice(0, LEGEND_MAX);
   const shown = new Set(top.map((s) => s.name));
   for (const s of series) s.highlight = shown.has(s.name);
   // The window grows with the history kept, a minute at a time, up to HISTORY_S.
@@ -298,7 +310,9 @@ function renderChart(now) {
     li.prepend(swatch);
     return li;
   }));
-  if (series.length > LEGEND_MAX) legend.append(el("li", "dim", `+ ${series.length - LEGEND_MAX} more (grey)`));
+  if (series.length > LEGEND_MAX) {
+    legend.append(el("li", "dim", `+ ${series.length - LEGEND_MAX} more (grey)`));
+  }
 }
 
 // -- reading the view ------------------------------------------------------------
@@ -315,13 +329,23 @@ async function refresh() {
   reading = true;
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), FETCH_TIMEOUT_MS);
+  let view = null;
   try {
     const r = await fetch("/v1/cluster", { signal: abort.signal, cache: "no-store" });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
-    render(await r.json());
-    setBanner("");
+    view = await r.json();
   } catch (e) {
-    setBanner(`cannot read /v1/cluster from ${location.host} (${e.message}); showing the last view read`);
+    setBanner(`cannot read /v1/cluster from ${location.host} (${e.message}); `
+      + "showing the last view read");
+  }
+  try {
+    if (isObj(view)) {
+      render(view);
+      setBanner("");
+    }
+  } catch (e) {
+    console.error(e); // a bug of ours, or a view we did not expect: say so, keep polling
+    setBanner(`could not draw the view (${e.message})`);
   } finally {
     clearTimeout(timer);
     reading = false;
@@ -360,7 +384,8 @@ function connect() {
   page.source = es;
   es.onopen = () => {
     page.backoff = RECONNECT_MIN_MS;
-    setConn("live", page.reconnects ? `events live (reconnected ${page.reconnects}×)` : "events live");
+    const again = page.reconnects ? ` (reconnected ${page.reconnects}×)` : "";
+    setConn("live", `events live${again}`);
     refresh(); // whatever happened while we were not listening is in the view
   };
   es.onmessage = (e) => {
@@ -422,7 +447,9 @@ function flushEvents() {
       el("span", `chip event ${EVENT_TYPES.includes(type) ? type : "other"}`, type),
       el("span", "member", str(item.member)),
     );
-    if (Array.isArray(item.keys) && item.keys.length) li.append(el("span", "dim", item.keys.map(str).join(", ")));
+    if (Array.isArray(item.keys) && item.keys.length) {
+      li.append(el("span", "dim", item.keys.map(str).join(", ")));
+    }
     li.hidden = !shown(filter, type);
     fragment.append(li);
     if (!page.eventTypes.has(type)) {

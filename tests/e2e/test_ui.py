@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from gossip.crypto import Keyring
+from node.ui_routes import CSP
 from tests.e2e.browser import (
     chromium,
     console_errors,
@@ -90,6 +91,12 @@ def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster
     admin(cluster, "n1", "PUT", "/v1/models/tiny/replicas", {"replicas": 2})
     admin(cluster, "n1", "PUT", "/v1/node/tags", {"zone": "eu", "note": HOSTILE})
 
+    # Every node serves the page, with its security headers.
+    for n in NODES:
+        r = httpx.get(f"http://{cluster.http(n)}/ui", timeout=5)
+        assert r.status_code == 200 and r.headers["content-security-policy"] == CSP
+        assert r.headers["x-content-type-options"] == "nosniff"
+
     with chromium(height=1060) as driver:
         driver.get(f"http://{cluster.http('n0')}/ui")
         # Shown as soon as the first read is drawn; the load event has passed by then.
@@ -103,9 +110,7 @@ def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster
         assert driver.find_element("id", "self-name").text == "n0"
         members = until(
             lambda: table(driver, "members"),
-            lambda rows: (
-                sorted(rows) == list(NODES) and all(r[1] == "alive" for r in rows.values())
-            ),
+            all_alive,
             10,
             "three alive members",
         )
@@ -140,9 +145,7 @@ def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster
         driver.get(f"http://{cluster.http('n1')}/ui")
         other = until(
             lambda: table(driver, "members"),
-            lambda rows: (
-                sorted(rows) == list(NODES) and all(r[1] == "alive" for r in rows.values())
-            ),
+            all_alive,
             10,
             "n1's page to show three alive members",
         )
