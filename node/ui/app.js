@@ -386,7 +386,9 @@ function connect() {
     page.backoff = RECONNECT_MIN_MS;
     const again = page.reconnects ? ` (reconnected ${page.reconnects}×)` : "";
     setConn("live", `events live${again}`);
-    refresh(); // whatever happened while we were not listening is in the view
+    // Whatever happened while we were not listening is in the view (the first
+    // open needs no read: the page reads the view as it starts).
+    if (page.reconnects) refresh();
   };
   es.onmessage = (e) => {
     let item;

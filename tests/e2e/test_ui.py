@@ -40,14 +40,17 @@ TRANSFORMER = {
 }
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 NODES = ("n0", "n1", "n2")
-#: The page must load (navigation timing: the load event, and its first render
-#: of the cluster) within this. Quiet runs here: 100-250 ms and 150-350 ms.
+#: The page loads (navigation timing: the load event) in under 1 s, and shows
+#: the cluster (its first-render mark) within 1.2 s. Over 19 runs on this busy
+#: 2-core host: 86-254 ms and 128-342 ms, so 3.9x and 3.5x headroom.
 LOAD_BUDGET_MS = 1000
-#: SIGKILL to "dead" on the page: three times the slowest quiet run here. On
-#: this 2-core host 3 daemons alone take 6.6-12 s to declare a SIGKILLed peer
-#: dead (with one peer left to confirm, the suspicion runs its full timeout);
-#: the page adds at most one 1 s poll (it reads at once on member-dead).
-DEAD_DEADLINE_S = 36.0
+FIRST_RENDER_BUDGET_MS = 1200
+#: SIGKILL to "dead" on the page: 6.8-12.4 s over 18 runs on this busy 2-core
+#: host, and 3 daemons alone take as long (6.6-12 s): with one peer left to
+#: confirm, suspicion runs to its longest, 3 s times 1 + local health, which is
+#: 2 here. The page adds one read, 50 ms after the member-dead event. More than
+#: three times the slowest run (docs/benchmarks.md).
+DEAD_DEADLINE_S = 40.0
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,7 @@ def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster
         t = timing(driver)
         print(f"page load: load event {t['load']:.0f} ms, first render {t['first_render']:.0f} ms")
         assert 0 < t["load"] < LOAD_BUDGET_MS
-        assert t["first_render"] < LOAD_BUDGET_MS
+        assert t["first_render"] < FIRST_RENDER_BUDGET_MS
         driver.execute_script("window.rumorTestNoReload = 'same page';")
 
         assert driver.find_element("id", "self-name").text == "n0"
