@@ -25,6 +25,7 @@ from tests.e2e.browser import (
     chromium,
     console_errors,
     header,
+    missing_browser,
     screenshot,
     table,
     timing,
@@ -33,6 +34,9 @@ from tests.e2e.browser import (
 )
 from tests.e2e.test_daemons import MLP, Cluster, status_of, view
 from tests.waiting import wait_for
+
+# Before any daemon or fake node starts.
+pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
 
 TOKEN = "ui-test-admin-token-7f3a"
 TRANSFORMER = {

@@ -26,6 +26,7 @@ from tests.e2e.browser import (
     chromium,
     console_errors,
     header,
+    missing_browser,
     screenshot,
     table,
     timing,
@@ -33,6 +34,9 @@ from tests.e2e.browser import (
     visible_events,
 )
 from tests.e2e.fake_cluster import HOSTILE
+
+# Before any daemon or fake node starts.
+pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = 100
