@@ -42,14 +42,14 @@ ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = 100
 LOST_AFTER = 300  # events on the first stream, then events-lost
 DROP_AFTER = 300  # events on the second stream, then it ends
-#: Budgets, each at least 3x the slowest of 12 runs on this 2-core VM, shared
+#: Budgets, each at least 3x the slowest of 13 runs on this 2-core VM, shared
 #: with other work (Chromium 156): load event 98-328 ms; first render of 100
 #: members 221-684 ms; one render (a read applied to three 100-row tables and
-#: the chart) median 19-26 ms; the longest main-thread task while reads and
+#: the chart) median 19-44 ms; the longest main-thread task while reads and
 #: event bursts apply: none over 50 ms in most runs, 92 ms at worst.
 LOAD_BUDGET_MS = 1000
 FIRST_RENDER_BUDGET_MS = 2100
-RENDER_MEDIAN_BUDGET_MS = 100
+RENDER_MEDIAN_BUDGET_MS = 150
 LONG_TASK_BUDGET_MS = 300
 
 
