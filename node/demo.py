@@ -111,6 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"  {name}: http://{b['http']}  gossip {b['gossip']}  "
                 f"models: {', '.join(plan[name]) or '-'}"
             )
+        console.print(f"  cluster page (any node serves it): http://{bound['node0']['http']}/ui")
         figures.append(("cluster formed (all see all)", f"{formed:.2f} s"))
 
         # 1. Convergence: one node's tag change, observed by every other node.

@@ -41,6 +41,7 @@ from .errors import ClockUnhealthy, TooManySubscribers
 from .forward import Forwarder, ForwardError
 from .httpserver import BodyRejected, serve_asgi
 from .httpserver import read_body as _read_body
+from .ui_routes import ui_routes
 
 if TYPE_CHECKING:
     import torch
@@ -514,6 +515,7 @@ def build_app(daemon: Daemon) -> Starlette:
         Route("/v1/models/{model}", delete_model, methods=["DELETE"]),
         Route("/v1/models/{model}/replicas", set_replicas, methods=["PUT"]),
         Route("/metrics", metrics),
+        *ui_routes(),  # GET /ui: the live cluster page (node/ui/)
     ]
     return Starlette(routes=routes)
 
