@@ -16,6 +16,7 @@ its KV blocks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -80,30 +81,33 @@ class LLMClient(ABC):
         finished = False
         try:
             self._submit(rid, list(prompt_token_ids), params)
-            async with recv:
-                async for item in recv:
-                    if isinstance(item, BaseException):
-                        finished = True  # the engine has already dropped it
-                        raise item
-                    if item.finished:
-                        finished = True
-                    yield item
-                    if finished:
-                        return
+            async for item in recv:
+                if isinstance(item, BaseException):
+                    finished = True  # the engine has already dropped it
+                    raise item
+                if item.finished:
+                    finished = True
+                yield item
+                if finished:
+                    return
         finally:
+            # No await in here: this runs in cancelled scopes, and the driver must
+            # never see a closed channel still registered.
             self._streams.pop(rid, None)
+            recv.close()
             if not finished and self._dead is None:
                 self._abort(rid)  # synchronous: this may run inside a cancelled scope
 
     def _deliver(self, out: _Item, request_id: str) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
-            stream.send_nowait(out)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                stream.send_nowait(out)
 
     def _fail_all(self, error: EngineDeadError) -> None:
         self._dead = error
-        for stream in list(self._streams.values()):
-            stream.send_nowait(error)
+        for rid in list(self._streams):
+            self._deliver(error, rid)
 
     @abstractmethod
     def _submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:

@@ -36,7 +36,8 @@ from .params import (
 )
 from .prefix import HASH_NAME
 from .runner import ModelRunner, plan_kv_cache, sample
-from .scheduler import Scheduler, Sequence as Seq
+from .scheduler import Scheduler
+from .scheduler import Sequence as Seq
 
 MAX_REQUEST_ID = 256
 

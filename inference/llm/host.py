@@ -283,7 +283,8 @@ class _ChildLoop:
                     outs = self.core.step()
                     self.rate.observe(time.monotonic(), self.core.stats().generation_tokens)
                     if outs:
-                        self.sock.sendall(encode_frame({"t": "out", "o": [o.to_wire() for o in outs]}))
+                        wire = [o.to_wire() for o in outs]
+                        self.sock.sendall(encode_frame({"t": "out", "o": wire}))
         except (BrokenPipeError, ConnectionResetError, ProtocolError):
             pass  # the parent is gone: nothing to answer
         finally:

@@ -199,7 +199,7 @@ class LlamaWeights:
             sd["lm_head.weight"] = self.lm_head
         for i, lw in enumerate(self.layers):
             p = f"model.layers.{i}."
-            q, k, v = lw.qkv.split([q_out, kv_out, kv_out])
+            q, k, v = lw.qkv.split_with_sizes([q_out, kv_out, kv_out])
             g, u = lw.gate_up.chunk(2)
             sd.update({
                 p + "input_layernorm.weight": lw.input_norm,
@@ -333,7 +333,7 @@ def reference_forward(weights: LlamaWeights, token_ids: list[int]) -> torch.Tens
     x = weights.embed[torch.tensor(token_ids, device=dev)]
     for lw in weights.layers:
         h = rms_norm(x, lw.input_norm, s.rms_norm_eps)
-        q, k, v = F.linear(h, lw.qkv).split(
+        q, k, v = F.linear(h, lw.qkv).split_with_sizes(
             [s.num_heads * hd, s.num_kv_heads * hd, s.num_kv_heads * hd], dim=-1
         )
         q = apply_rope(q.view(n, s.num_heads, hd), cos.to(x.dtype), sin.to(x.dtype))

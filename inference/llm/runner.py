@@ -116,7 +116,8 @@ class ModelRunner:
         x = self.w.embed[ids]
         for li, lw in enumerate(self.w.layers):
             h = rms_norm(x, lw.input_norm, s.rms_norm_eps)
-            q, k, v = F.linear(h, lw.qkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            qkv = F.linear(h, lw.qkv)
+            q, k, v = qkv.split_with_sizes([nh * hd, nkv * hd, nkv * hd], dim=-1)
             q = apply_rope(q.view(total, nh, hd), cos, sin)
             k = apply_rope(k.view(total, nkv, hd), cos, sin)
             v = v.view(total, nkv, hd)
