@@ -67,6 +67,10 @@ class ModelConfig:
     # Tokens computed per engine step (prefill chunks + decodes): bounds a step's
     # latency, so a long prompt cannot stall the decodes running beside it.
     max_num_batched_tokens: int = 1024
+    # torch intra-op threads in the engine process; 0 = torch's default (one per
+    # core). On a CPU shared with other work, 1 avoids OpenMP threads spinning
+    # against each other (measured 8x slower matmuls at 2 threads under load).
+    cpu_threads: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -184,6 +188,7 @@ _LLM_DEFAULTS = {
     "max_model_len": 0,
     "max_num_seqs": 64,
     "max_num_batched_tokens": 1024,
+    "cpu_threads": 0,
 }
 
 
@@ -215,6 +220,8 @@ def _validate_llm_options(c: ModelConfig) -> None:
         raise ConfigError("max_model_len", f"{c.max_model_len!r} must be an integer >= 0")
     _positive_int("max_num_seqs", c.max_num_seqs)
     _positive_int("max_num_batched_tokens", c.max_num_batched_tokens)
+    if type(c.cpu_threads) is not int or c.cpu_threads < 0:
+        raise ConfigError("cpu_threads", f"{c.cpu_threads!r} must be an integer >= 0")
     if c.max_num_batched_tokens < c.max_num_seqs:
         raise ConfigError(
             "max_num_batched_tokens", "must be >= max_num_seqs (every running sequence decodes)"

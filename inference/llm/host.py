@@ -252,8 +252,12 @@ def child_main(config: ModelConfig, path: str, seed: int) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     try:
+        import torch
+
         from .core import EngineCore
 
+        if config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
         core = EngineCore.from_config(config, seed)
     except Exception as e:
         sock.sendall(encode_frame({"t": "fatal", "error": f"{type(e).__name__}: {e}"}))

@@ -107,11 +107,16 @@ class ModelRunner:
         pos = self._pos[:total].to(dev, non_blocking=True)
         slots = self._slots[:total].to(dev, non_blocking=True)
         nd = len(decodes)
-        tables = self._tables[:nd].to(dev, non_blocking=True) if nd else None
-        ctx = self._ctx[:nd].to(dev, non_blocking=True) if nd else None
 
         s = self.spec
         hd, nh, nkv = s.head_dim, s.num_heads, s.num_kv_heads
+        # Per-step attention plans (gather indices, masks), shared by every layer.
+        decode_plan = None
+        if nd:
+            tables = self._tables[:nd].to(dev, non_blocking=True)
+            ctx = self._ctx[:nd].to(dev, non_blocking=True)
+            decode_plan = self._decode_plan(tables, ctx, int(self._ctx_np[:nd].max()))
+        prefill_plans = [self._prefill_plan(c) for c in prefills]
         cos, sin = self.cos[pos], self.sin[pos]
         x = self.w.embed[ids]
         for li, lw in enumerate(self.w.layers):
@@ -125,14 +130,13 @@ class ModelRunner:
             kc.index_copy_(0, slots, k)
             vc.index_copy_(0, slots, v)
             attn = torch.empty((total, nh * hd), dtype=x.dtype, device=dev)
-            if nd:
-                assert tables is not None and ctx is not None
-                attn[:nd] = self._decode_attention(q[:nd], kc, vc, tables, ctx)
+            if decode_plan is not None:
+                attn[:nd] = self._decode_attention(q[:nd], kc, vc, decode_plan)
             off = nd
-            for c in prefills:
+            for c, plan in zip(prefills, prefill_plans, strict=True):
                 n = c.num_tokens
                 attn[off : off + n] = self._prefill_attention(
-                    c, q[off : off + n], k[off : off + n], v[off : off + n], kc, vc
+                    plan, q[off : off + n], k[off : off + n], v[off : off + n], kc, vc
                 )
                 off += n
             x = x + F.linear(attn, lw.o)
@@ -170,63 +174,91 @@ class ModelRunner:
             off += n
         return off
 
+    # -- attention -------------------------------------------------------------
+    # The context is gathered whole blocks at a time with index_select on a
+    # [blocks, block_size * kv_heads * head_dim] view: contiguous 4 KB rows,
+    # several times faster on a CPU than advanced indexing of the 4-d view.
+
+    def _gather(self, cache: torch.Tensor, flat_blocks: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        rows = torch.index_select(cache.view(self.num_blocks, -1), 0, flat_blocks)
+        return rows.view(-1, s.num_kv_heads, s.head_dim)  # [blocks * block_size, kv, hd]
+
+    def _decode_plan(self, tables: torch.Tensor, ctx: torch.Tensor, longest: int) -> _DecodePlan:
+        b = tables.shape[0]
+        nb = -(-longest // self.block_size)  # from the host copy: no device sync
+        length = nb * self.block_size
+        mask = (self._arange[:length].unsqueeze(0) < ctx.unsqueeze(1)).view(b, 1, 1, length)
+        return _DecodePlan(tables[:, :nb].reshape(-1), b, length, mask)
+
     def _decode_attention(
         self,
         q: torch.Tensor,  # [B, heads, hd]
         kc: torch.Tensor,  # [slots, kv heads, hd]
         vc: torch.Tensor,
-        tables: torch.Tensor,  # [B, max blocks]
-        ctx: torch.Tensor,  # [B]
+        plan: _DecodePlan,
     ) -> torch.Tensor:
-        s, bs = self.spec, self.block_size
-        b = q.shape[0]
-        nb = -(-int(ctx.max()) // bs)
-        length = nb * bs
-        shape = (self.num_blocks, bs, s.num_kv_heads, s.head_dim)
-        # Gather each sequence's blocks: [B, nb, bs, kv, hd] -> [B, kv, L, hd].
-        k = kc.view(shape)[tables[:, :nb]].view(b, length, s.num_kv_heads, s.head_dim)
-        v = vc.view(shape)[tables[:, :nb]].view(b, length, s.num_kv_heads, s.head_dim)
-        mask = (self._arange[:length].unsqueeze(0) < ctx.unsqueeze(1)).view(b, 1, 1, length)
+        s = self.spec
+        b, length = plan.batch, plan.length
+        k = self._gather(kc, plan.flat_blocks).view(b, length, s.num_kv_heads, s.head_dim)
+        v = self._gather(vc, plan.flat_blocks).view(b, length, s.num_kv_heads, s.head_dim)
         # One query per sequence: fold the query heads of each KV head into the
         # query-length axis ([B, kv, group, hd]), so no KV head is repeated.
         group = s.num_heads // s.num_kv_heads
         qg = q.view(b, s.num_kv_heads, group, s.head_dim)
         out = F.scaled_dot_product_attention(
-            qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+            qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=plan.mask
         )
         return out.reshape(b, s.num_heads * s.head_dim)
 
+    def _prefill_plan(self, c: ScheduledChunk) -> _PrefillPlan | None:
+        if c.start == 0:
+            return None  # the whole context is this chunk: plain causal attention
+        length = c.start + c.num_tokens
+        nb = -(-length // self.block_size)
+        table = torch.tensor(c.seq.block_ids[:nb], device=self.device)
+        qpos = self._arange[c.start : length].unsqueeze(1)
+        return _PrefillPlan(table, length, self._arange[:length].unsqueeze(0) <= qpos)
+
     def _prefill_attention(
         self,
-        c: ScheduledChunk,
+        plan: _PrefillPlan | None,
         q: torch.Tensor,  # [n, heads, hd]
         k: torch.Tensor,  # [n, kv heads, hd] (this chunk's, already in the cache too)
         v: torch.Tensor,
         kc: torch.Tensor,
         vc: torch.Tensor,
     ) -> torch.Tensor:
-        s, bs = self.spec, self.block_size
-        n, start = c.num_tokens, c.start
+        n = q.shape[0]
         qt = q.transpose(0, 1).unsqueeze(0)
-        if start == 0:  # the whole context is this chunk: plain causal attention
+        if plan is None:
             out = F.scaled_dot_product_attention(
                 qt, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
                 is_causal=True, enable_gqa=True,
             )
         else:  # a later chunk, or after a prefix-cache hit: attend to the cached context
-            length = start + n
-            nb = -(-length // bs)
-            table = torch.tensor(c.seq.block_ids[:nb], device=self.device)
-            shape = (self.num_blocks, bs, s.num_kv_heads, s.head_dim)
-            kk = kc.view(shape)[table].view(nb * bs, s.num_kv_heads, s.head_dim)[:length]
-            vv = vc.view(shape)[table].view(nb * bs, s.num_kv_heads, s.head_dim)[:length]
-            qpos = self._arange[start:length].unsqueeze(1)
-            mask = self._arange[:length].unsqueeze(0) <= qpos  # [n, length]
+            kk = self._gather(kc, plan.blocks)[: plan.length]
+            vv = self._gather(vc, plan.blocks)[: plan.length]
             out = F.scaled_dot_product_attention(
                 qt, kk.transpose(0, 1).unsqueeze(0), vv.transpose(0, 1).unsqueeze(0),
-                attn_mask=mask, enable_gqa=True,
+                attn_mask=plan.mask, enable_gqa=True,
             )
-        return out.squeeze(0).transpose(0, 1).reshape(n, s.num_heads * s.head_dim)
+        return out.squeeze(0).transpose(0, 1).reshape(n, -1)
+
+
+@dataclass(frozen=True)
+class _DecodePlan:
+    flat_blocks: torch.Tensor  # [B * nb] block ids, row-major
+    batch: int
+    length: int  # nb * block_size, the padded context
+    mask: torch.Tensor  # [B, 1, 1, length]: True where a key is in the context
+
+
+@dataclass(frozen=True)
+class _PrefillPlan:
+    blocks: torch.Tensor  # the sequence's first nb block ids
+    length: int  # context length after this chunk
+    mask: torch.Tensor  # [n, length] causal, offset by the chunk's start
 
 
 # -- sampling ---------------------------------------------------------------
