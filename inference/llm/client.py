@@ -163,7 +163,7 @@ class InProcessLLM(LLMClient):
                 await self._work.wait()
             for out in self.core.step():
                 self._deliver(out, out.request_id)
-            self._rate.observe(time.monotonic(), self.core.stats().generation_tokens)
+            self._rate.observe(time.monotonic(), self.core.generation_tokens)
             await trio.lowlevel.checkpoint()  # let consumers and new requests in
 
     async def stats(self) -> EngineStats:

@@ -163,6 +163,11 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
+    @property
+    def generation_tokens(self) -> int:
+        """Tokens generated since start (a counter; cheaper than stats())."""
+        return self._generation_tokens
+
     # -- one iteration -----------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
