@@ -106,12 +106,38 @@ def bench_batching(args: argparse.Namespace) -> dict[str, Any]:
     n_batch = drain(core)[0]
     batch_s = time.perf_counter() - t0
     single, batch = n_single / single_s, n_batch / batch_s
+    # Where the time goes: a decode step alone at 1 and at 32 sequences, and
+    # the 32 x 32-token prefill (the same compute in both modes).
+    step = {b: decode_step_s(core, prompts[:b]) for b in (1, 32)}
+    for i, p in enumerate(prompts):
+        core.add_request(f"p{i}", p, greedy(1))
+    t0 = time.perf_counter()
+    drain(core)
+    prefill_s = time.perf_counter() - t0
     return {
         "streams": 32, "prompt_tokens": 32, "output_tokens": out_len,
         "one_at_a_time_requests": len(singles),
         "one_at_a_time_tok_s": round(single, 1), "concurrent_tok_s": round(batch, 1),
         "ratio": round(batch / single, 2), "target": ">= 8",
+        "decode_step_ms_1_seq": round(1e3 * step[1], 3),
+        "decode_step_ms_32_seqs": round(1e3 * step[32], 3),
+        "decode_step_ratio": round(32 * step[1] / step[32], 2),
+        "prefill_32x32_tokens_ms": round(1e3 * prefill_s, 1),
     }
+
+
+def decode_step_s(core: EngineCore, prompts: list[list[int]], steps: int = 40) -> float:
+    for i, p in enumerate(prompts):
+        core.add_request(f"d{i}", p, greedy(steps + 30))
+    for _ in range(20):  # prefill and settle
+        core.step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        core.step()
+    dt = (time.perf_counter() - t0) / steps
+    for i in range(len(prompts)):
+        core.abort(f"d{i}")
+    return dt
 
 
 # -- 2. against transformers generate() --------------------------------------------

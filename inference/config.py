@@ -52,7 +52,7 @@ class ModelConfig:
     output_name: str = "output"
     cuda_graphs: bool = True  # capture per bucket on CUDA
     # -- LLM options (format "llm" only) --
-    # builtin:llm size: tiny (~0.1 M parameters), small (~3 M), medium (~20 M).
+    # builtin:llm size: tiny (~0.17 M parameters), small (~3 M), medium (~23 M).
     size: str = ""
     # KV pool size, allocated once at load: bytes, or a fraction of the device's
     # memory (free GPU memory, or available RAM on a CPU). Neither set: 256 MiB.
