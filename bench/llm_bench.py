@@ -16,7 +16,9 @@
 5. ipc: the engine process (Unix socket + msgpack) against the in-process
    driver: TTFT of a short prompt at idle, and tokens/s with 32 streams.
 
-Every figure is a ratio measured in the same run. Run under the shared lock:
+Every figure is a ratio measured in the same run; compared pairs run
+interleaved `--reps` times (medians reported), because the 2 cores are shared.
+Run under the shared lock:
     flock /work/bench.lock .venv/bin/python bench/llm_bench.py all
 """
 
@@ -93,19 +95,20 @@ def bench_batching(args: argparse.Namespace) -> dict[str, Any]:
     for i, p in enumerate(prompts[:2]):  # warm up
         core.add_request(f"w{i}", p, greedy(8))
     drain(core)
-    t0 = time.perf_counter()
-    n_single = 0
     singles = prompts[: args.single_requests]
-    for i, p in enumerate(singles):
-        core.add_request(f"s{i}", p, greedy(out_len))
-        n_single += drain(core)[0]
-    single_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i, p in enumerate(prompts):
-        core.add_request(f"b{i}", p, greedy(out_len))
-    n_batch = drain(core)[0]
-    batch_s = time.perf_counter() - t0
-    single, batch = n_single / single_s, n_batch / batch_s
+    single_rates, batch_rates = [], []
+    for rep in range(args.reps):  # interleaved, so load from other work hits both alike
+        t0 = time.perf_counter()
+        n_single = 0
+        for i, p in enumerate(singles):
+            core.add_request(f"s{rep}-{i}", p, greedy(out_len))
+            n_single += drain(core)[0]
+        single_rates.append(n_single / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for i, p in enumerate(prompts):
+            core.add_request(f"b{rep}-{i}", p, greedy(out_len))
+        batch_rates.append(drain(core)[0] / (time.perf_counter() - t0))
+    single, batch = statistics.median(single_rates), statistics.median(batch_rates)
     # Where the time goes: a decode step alone at 1 and at 32 sequences, and
     # the 32 x 32-token prefill (the same compute in both modes).
     step = {b: decode_step_s(core, prompts[:b]) for b in (1, 32)}
@@ -119,6 +122,7 @@ def bench_batching(args: argparse.Namespace) -> dict[str, Any]:
         "one_at_a_time_requests": len(singles),
         "one_at_a_time_tok_s": round(single, 1), "concurrent_tok_s": round(batch, 1),
         "ratio": round(batch / single, 2), "target": ">= 8",
+        "ratio_per_rep": [round(b / a, 2) for a, b in zip(single_rates, batch_rates, strict=True)],
         "decode_step_ms_1_seq": round(1e3 * step[1], 3),
         "decode_step_ms_32_seqs": round(1e3 * step[32], 3),
         "decode_step_ratio": round(32 * step[1] / step[32], 2),
@@ -163,25 +167,29 @@ def bench_hf(args: argparse.Namespace) -> dict[str, Any]:
     ids = torch.tensor(prompts)
     with torch.inference_mode():
         hf.generate(ids[:2], max_new_tokens=4, do_sample=False)  # warm up
-        t0 = time.perf_counter()
-        ref = hf.generate(ids, max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False,
-                          attention_mask=torch.ones_like(ids))
-        hf_s = time.perf_counter() - t0
     for i, p in enumerate(prompts[:2]):
         core.add_request(f"w{i}", p, greedy(4))
     drain(core)
-    t0 = time.perf_counter()
-    for i, p in enumerate(prompts):
-        core.add_request(str(i), p, greedy(out_len))
-    n, toks = drain(core)
-    ours_s = time.perf_counter() - t0
-    same = sum(toks[str(i)] == ref[i, plen:].tolist() for i in range(batch))
-    hf_rate, ours_rate = batch * out_len / hf_s, n / ours_s
+    hf_rates, ours_rates = [], []
+    for rep in range(args.reps):  # interleaved
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            ref = hf.generate(ids, max_new_tokens=out_len, min_new_tokens=out_len,
+                              do_sample=False, attention_mask=torch.ones_like(ids))
+            hf_rates.append(batch * out_len / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for i, p in enumerate(prompts):
+            core.add_request(f"{rep}-{i}", p, greedy(out_len))
+        n, toks = drain(core)
+        ours_rates.append(n / (time.perf_counter() - t0))
+    same = sum(toks[f"{rep}-{i}"] == ref[i, plen:].tolist() for i in range(batch))
+    hf_rate, ours_rate = statistics.median(hf_rates), statistics.median(ours_rates)
     return {
         "batch": batch, "prompt_tokens": plen, "output_tokens": out_len,
         "transformers": transformers.__version__,
         "hf_generate_tok_s": round(hf_rate, 1), "engine_tok_s": round(ours_rate, 1),
         "ratio": round(ours_rate / hf_rate, 2), "target": ">= 1.0",
+        "ratio_per_rep": [round(b / a, 2) for a, b in zip(hf_rates, ours_rates, strict=True)],
         "identical_greedy_sequences": f"{same}/{batch}",
     }
 
@@ -317,10 +325,13 @@ def bench_ipc(args: argparse.Namespace) -> dict[str, Any]:
 
     async def main() -> None:
         torch.set_num_threads(args.threads)
-        async with open_in_process(cfg) as client:
-            res["in_process"] = await client_figures(client, client.info.vocab_size)
-        async with open_process_engine(cfg) as client:
-            res["process"] = await client_figures(client, client.info.vocab_size)
+        async with open_in_process(cfg) as local, open_process_engine(cfg) as remote:
+            runs: dict[str, list[dict[str, float]]] = {"in_process": [], "process": []}
+            for _ in range(args.reps):  # alternate, so load from other work hits both alike
+                runs["in_process"].append(await client_figures(local, local.info.vocab_size))
+                runs["process"].append(await client_figures(remote, remote.info.vocab_size))
+        for name, figs in runs.items():
+            res[name] = {k: statistics.median(f[k] for f in figs) for k in figs[0]}
 
     trio.run(main)
     ip, pr = res["in_process"], res["process"]
@@ -351,6 +362,8 @@ def main() -> None:
     ap.add_argument("--single-requests", type=int, default=8,
                     help="requests run one at a time for the batching baseline")
     ap.add_argument("--memory-requests", type=int, default=10_000)
+    ap.add_argument("--reps", type=int, default=3,
+                    help="interleaved repetitions of each compared pair (medians reported)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
