@@ -166,7 +166,8 @@ def bench_hf(args: argparse.Namespace) -> dict[str, Any]:
     prompts = random_prompts(batch, plen, s.vocab_size, 2)
     ids = torch.tensor(prompts)
     with torch.inference_mode():
-        hf.generate(ids[:2], max_new_tokens=4, do_sample=False)  # warm up
+        hf.generate(ids[:2], max_new_tokens=4, do_sample=False,
+                    attention_mask=torch.ones_like(ids[:2]))  # warm up
     for i, p in enumerate(prompts[:2]):
         core.add_request(f"w{i}", p, greedy(4))
     drain(core)

@@ -232,3 +232,10 @@ def test_stats_report_load() -> None:
     assert EngineStats.from_wire(s.to_wire()) == s
     info = engine.describe()
     assert info.block_size == 16 and info.hash_name.startswith("blake2b")
+
+
+def test_config_sizes_are_the_model_sizes() -> None:
+    from inference.config import LLM_SIZES
+    from inference.llm.model import BUILTIN_SIZES
+
+    assert tuple(BUILTIN_SIZES) == LLM_SIZES
