@@ -4,6 +4,11 @@ A config comes from a TOML table or from a CLI spec::
 
     NAME=SOURCE[,key=value...]      e.g.  mlp=builtin:mlp,max_batch_size=64,device=cpu
 
+An LLM is format "llm", inferred from its source: `builtin:llm` (a seeded
+random-weight Llama of a named `size`) or `hf:/path` (a Hugging Face-style
+directory on disk). Its serving options (KV cache, context, batch) are the
+fields after `cuda_graphs`; they are refused on the other formats.
+
 Every invalid field raises `ConfigError` naming it.
 """
 
@@ -16,7 +21,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-FORMATS = ("builtin", "torchscript", "export", "state_dict")
+FORMATS = ("builtin", "torchscript", "export", "state_dict", "llm")
+LLM_SIZES = ("tiny", "small", "medium")  # inference/llm/model.py BUILTIN_SIZES
+#: The KV pool when neither kv_cache_bytes nor kv_cache_fraction is set.
+DEFAULT_KV_CACHE_BYTES = 256 * 2**20
 DTYPES = ("float32", "float16", "bfloat16")
 TENSOR_DTYPES = ("FP32", "FP16", "BF16", "INT64", "INT32")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -43,6 +51,26 @@ class ModelConfig:
     input_dtype: str = ""  # KServe datatype, e.g. FP32 or INT64
     output_name: str = "output"
     cuda_graphs: bool = True  # capture per bucket on CUDA
+    # -- LLM options (format "llm" only) --
+    # builtin:llm size: tiny (~0.17 M parameters), small (~3 M), medium (~23 M).
+    size: str = ""
+    # KV pool size, allocated once at load: bytes, or a fraction of the device's
+    # memory (free GPU memory, or available RAM on a CPU). Neither set: 256 MiB.
+    kv_cache_bytes: int = 0
+    kv_cache_fraction: float = 0.0
+    # Tokens per KV block, also the prefix-hash block (vLLM's default, 16).
+    block_size: int = 16
+    # Longest prompt + completion in tokens; 0 = the model's max_position_embeddings.
+    max_model_len: int = 0
+    # Sequences in the running batch at once.
+    max_num_seqs: int = 64
+    # Tokens computed per engine step (prefill chunks + decodes): bounds a step's
+    # latency, so a long prompt cannot stall the decodes running beside it.
+    max_num_batched_tokens: int = 1024
+    # torch intra-op threads in the engine process; 0 = torch's default (one per
+    # core). On a CPU shared with other work, 1 avoids OpenMP threads spinning
+    # against each other (measured 8x slower matmuls at 2 threads under load).
+    cpu_threads: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -79,6 +107,7 @@ class ModelConfig:
             raise ConfigError("input_dtype", f"{self.input_dtype!r} is not one of {TENSOR_DTYPES}")
         if not isinstance(self.warmup, bool):
             raise ConfigError("warmup", "must be true or false")
+        _validate_llm_options(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -137,6 +166,8 @@ class ModelConfig:
 
 
 def infer_format(source: str, factory: str = "") -> str:
+    if source == "builtin:llm" or source.startswith("hf:"):
+        return "llm"
     if source.startswith("builtin:"):
         return "builtin"
     if factory:
@@ -147,6 +178,54 @@ def infer_format(source: str, factory: str = "") -> str:
     if suffix in (".pt", ".ts", ".torchscript"):
         return "torchscript"
     raise ConfigError("format", f"cannot infer the format of {source!r}; set format=")
+
+
+_LLM_DEFAULTS = {
+    "size": "",
+    "kv_cache_bytes": 0,
+    "kv_cache_fraction": 0.0,
+    "block_size": 16,
+    "max_model_len": 0,
+    "max_num_seqs": 64,
+    "max_num_batched_tokens": 1024,
+    "cpu_threads": 0,
+}
+
+
+def _validate_llm_options(c: ModelConfig) -> None:
+    if c.format != "llm":
+        for key, default in _LLM_DEFAULTS.items():
+            if getattr(c, key) != default:
+                raise ConfigError(key, "applies only to LLM sources (builtin:llm, hf:PATH)")
+        return
+    if c.source == "builtin:llm":
+        object.__setattr__(c, "size", c.size or "small")
+        if c.size not in LLM_SIZES:
+            raise ConfigError("size", f"{c.size!r} is not one of {', '.join(LLM_SIZES)}")
+    else:
+        if c.size:
+            raise ConfigError("size", "applies only to builtin:llm")
+        if not c.source.removeprefix("hf:"):
+            raise ConfigError("source", "hf: needs a directory, e.g. hf:/models/llama")
+    if type(c.kv_cache_bytes) is not int or c.kv_cache_bytes < 0:
+        raise ConfigError("kv_cache_bytes", f"{c.kv_cache_bytes!r} must be an integer >= 0")
+    if not _is_number(c.kv_cache_fraction) or not 0 <= c.kv_cache_fraction <= 0.95:
+        raise ConfigError("kv_cache_fraction", "must be a number in [0, 0.95]")
+    if c.kv_cache_bytes and c.kv_cache_fraction:
+        raise ConfigError("kv_cache_bytes", "set kv_cache_bytes or kv_cache_fraction, not both")
+    _positive_int("block_size", c.block_size)
+    if c.block_size > 256 or c.block_size & (c.block_size - 1):
+        raise ConfigError("block_size", f"{c.block_size} must be a power of two <= 256")
+    if type(c.max_model_len) is not int or c.max_model_len < 0:
+        raise ConfigError("max_model_len", f"{c.max_model_len!r} must be an integer >= 0")
+    _positive_int("max_num_seqs", c.max_num_seqs)
+    _positive_int("max_num_batched_tokens", c.max_num_batched_tokens)
+    if type(c.cpu_threads) is not int or c.cpu_threads < 0:
+        raise ConfigError("cpu_threads", f"{c.cpu_threads!r} must be an integer >= 0")
+    if c.max_num_batched_tokens < c.max_num_seqs:
+        raise ConfigError(
+            "max_num_batched_tokens", "must be >= max_num_seqs (every running sequence decodes)"
+        )
 
 
 def _positive_int(name: str, v: object) -> None:
