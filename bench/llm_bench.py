@@ -134,10 +134,14 @@ def bench_batching(args: argparse.Namespace) -> dict[str, Any]:
     drain(core)
     prefill_s = time.perf_counter() - t0
     return {
-        "streams": 32, "prompt_tokens": 32, "output_tokens": out_len,
+        "streams": 32,
+        "prompt_tokens": 32,
+        "output_tokens": out_len,
         "one_at_a_time_requests": len(singles),
-        "one_at_a_time_tok_s": round(single, 1), "concurrent_tok_s": round(batch, 1),
-        "ratio": round(batch / single, 2), "target": ">= 8",
+        "one_at_a_time_tok_s": round(single, 1),
+        "concurrent_tok_s": round(batch, 1),
+        "ratio": round(batch / single, 2),
+        "target": ">= 8",
         "ratio_per_rep": [round(b / a, 2) for a, b in zip(single_rates, batch_rates, strict=True)],
         "ratio_per_cpu_s": round(statistics.median(cpu_ratios), 2),
         "decode_step_ms_1_seq": round(1e3 * step[1], 3),
@@ -171,11 +175,16 @@ def bench_hf(args: argparse.Namespace) -> dict[str, Any]:
     w = core.loaded.weights
     s = w.spec
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=s.vocab_size, hidden_size=s.hidden_size,
-        intermediate_size=s.intermediate_size, num_hidden_layers=s.num_layers,
-        num_attention_heads=s.num_heads, num_key_value_heads=s.num_kv_heads,
-        head_dim=s.head_dim, max_position_embeddings=s.max_position_embeddings,
-        rms_norm_eps=s.rms_norm_eps, tie_word_embeddings=s.tie_word_embeddings,
+        vocab_size=s.vocab_size,
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.num_layers,
+        num_attention_heads=s.num_heads,
+        num_key_value_heads=s.num_kv_heads,
+        head_dim=s.head_dim,
+        max_position_embeddings=s.max_position_embeddings,
+        rms_norm_eps=s.rms_norm_eps,
+        tie_word_embeddings=s.tie_word_embeddings,
     )
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     hf.load_state_dict(w.to_hf_state_dict(), strict=True)
@@ -183,16 +192,22 @@ def bench_hf(args: argparse.Namespace) -> dict[str, Any]:
     prompts = random_prompts(batch, plen, s.vocab_size, 2)
     ids = torch.tensor(prompts)
     with torch.inference_mode():
-        hf.generate(ids[:2], max_new_tokens=4, do_sample=False,
-                    attention_mask=torch.ones_like(ids[:2]))  # warm up
+        hf.generate(
+            ids[:2], max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids[:2])
+        )  # warm up
     for i, p in enumerate(prompts[:2]):
         core.add_request(f"w{i}", p, greedy(4))
     drain(core)
     hf_rates, ours_rates, cpu_ratios = [], [], []
     for rep in range(args.reps):  # interleaved
         with torch.inference_mode(), Span() as theirs:
-            ref = hf.generate(ids, max_new_tokens=out_len, min_new_tokens=out_len,
-                              do_sample=False, attention_mask=torch.ones_like(ids))
+            ref = hf.generate(
+                ids,
+                max_new_tokens=out_len,
+                min_new_tokens=out_len,
+                do_sample=False,
+                attention_mask=torch.ones_like(ids),
+            )
         with Span() as ours:
             for i, p in enumerate(prompts):
                 core.add_request(f"{rep}-{i}", p, greedy(out_len))
@@ -203,10 +218,14 @@ def bench_hf(args: argparse.Namespace) -> dict[str, Any]:
     same = sum(toks[f"{rep}-{i}"] == ref[i, plen:].tolist() for i in range(batch))
     hf_rate, ours_rate = statistics.median(hf_rates), statistics.median(ours_rates)
     return {
-        "batch": batch, "prompt_tokens": plen, "output_tokens": out_len,
+        "batch": batch,
+        "prompt_tokens": plen,
+        "output_tokens": out_len,
         "transformers": transformers.__version__,
-        "hf_generate_tok_s": round(hf_rate, 1), "engine_tok_s": round(ours_rate, 1),
-        "ratio": round(ours_rate / hf_rate, 2), "target": ">= 1.0",
+        "hf_generate_tok_s": round(hf_rate, 1),
+        "engine_tok_s": round(ours_rate, 1),
+        "ratio": round(ours_rate / hf_rate, 2),
+        "target": ">= 1.0",
         "ratio_per_rep": [round(b / a, 2) for a, b in zip(hf_rates, ours_rates, strict=True)],
         "ratio_per_cpu_s": round(statistics.median(cpu_ratios), 2),
         "identical_greedy_sequences": f"{same}/{batch}",
@@ -241,10 +260,14 @@ def bench_prefix(args: argparse.Namespace) -> dict[str, Any]:
     c, w = statistics.median(x.wall for x in cold), statistics.median(x.wall for x in warm)
     c_cpu, w_cpu = statistics.median(x.cpu for x in cold), statistics.median(x.cpu for x in warm)
     return {
-        "prompt_tokens": prefix_len + suffix_len, "cached_prefix_tokens": hit_tokens,
-        "cold_ttft_ms": round(1e3 * c, 2), "cached_ttft_ms": round(1e3 * w, 2),
-        "ratio": round(w / c, 3), "ratio_cpu_s": round(w_cpu / c_cpu, 3),
-        "target": "<= 0.2", "repetitions": reps,
+        "prompt_tokens": prefix_len + suffix_len,
+        "cached_prefix_tokens": hit_tokens,
+        "cold_ttft_ms": round(1e3 * c, 2),
+        "cached_ttft_ms": round(1e3 * w, 2),
+        "ratio": round(w / c, 3),
+        "ratio_cpu_s": round(w_cpu / c_cpu, 3),
+        "target": "<= 0.2",
+        "repetitions": reps,
     }
 
 
@@ -294,11 +317,13 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     steady = [r for n, r in samples if n >= 2000]  # the first 2,000 warm everything up
     base = steady[0]
     return {
-        "requests": samples[-1][0], "concurrency": concurrency,
+        "requests": samples[-1][0],
+        "concurrency": concurrency,
         "request": "16-32 random prompt tokens, 4 sampled output tokens",
         "rss_mb": [round(r / 2**20, 1) for _n, r in samples],
         "max_drift_after_warmup_pct": round(100 * max(abs(r - base) / base for r in steady), 2),
-        "target": "+-5%", "kv_pool_same_tensors": pool_ptrs[0] == pool_ptrs[1],
+        "target": "+-5%",
+        "kv_pool_same_tensors": pool_ptrs[0] == pool_ptrs[1],
         "wall_s": round(wall, 1),
     }
 
@@ -336,8 +361,11 @@ async def client_figures(client: LLMClient, vocab: int) -> dict[str, float]:
         for p in prompts:
             nursery.start_soon(one, p)
     rate = count[0] / (time.perf_counter() - t0)
-    return {"ttft_ms_p50": 1e3 * statistics.median(ttfts),
-            "one_stream_ms_per_token": 1e3 * per_token, "streams32_tok_s": rate}
+    return {
+        "ttft_ms_p50": 1e3 * statistics.median(ttfts),
+        "one_stream_ms_per_token": 1e3 * per_token,
+        "streams32_tok_s": rate,
+    }
 
 
 def bench_ipc(args: argparse.Namespace) -> dict[str, Any]:
@@ -361,14 +389,18 @@ def bench_ipc(args: argparse.Namespace) -> dict[str, Any]:
         "process": {k: round(v, 3) for k, v in pr.items()},
         "ttft_overhead_ms": round(pr["ttft_ms_p50"] - ip["ttft_ms_p50"], 3),
         "per_token_overhead_ms": round(
-            pr["one_stream_ms_per_token"] - ip["one_stream_ms_per_token"], 3),
+            pr["one_stream_ms_per_token"] - ip["one_stream_ms_per_token"], 3
+        ),
         "streams32_ratio": round(pr["streams32_tok_s"] / ip["streams32_tok_s"], 3),
     }
 
 
 BENCHES = {
-    "batching": bench_batching, "hf": bench_hf, "prefix": bench_prefix,
-    "memory": bench_memory, "ipc": bench_ipc,
+    "batching": bench_batching,
+    "hf": bench_hf,
+    "prefix": bench_prefix,
+    "memory": bench_memory,
+    "ipc": bench_ipc,
 }
 
 
@@ -378,20 +410,34 @@ def main() -> None:
     ap.add_argument("--size", default="small")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: the cores are shared; see docs/benchmarks.md)")
-    ap.add_argument("--single-requests", type=int, default=8,
-                    help="requests run one at a time for the batching baseline")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the cores are shared; see docs/benchmarks.md)",
+    )
+    ap.add_argument(
+        "--single-requests",
+        type=int,
+        default=8,
+        help="requests run one at a time for the batching baseline",
+    )
     ap.add_argument("--memory-requests", type=int, default=10_000)
-    ap.add_argument("--reps", type=int, default=3,
-                    help="interleaved repetitions of each compared pair (medians reported)")
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="interleaved repetitions of each compared pair (medians reported)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}, torch {torch.__version__}",
-        "size": args.size, "threads": args.threads, "dtype": args.dtype,
+        f"{platform.python_version()}, torch {torch.__version__}",
+        "size": args.size,
+        "threads": args.threads,
+        "dtype": args.dtype,
     }
     for name in BENCHES if args.which == "all" else [args.which]:
         say(f"{name} ...")

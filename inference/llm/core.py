@@ -65,7 +65,10 @@ class EngineCore:
             self.pool, cfg.block_size, cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.name
         )
         self.runner = ModelRunner(
-            loaded.weights, layout, self.max_model_len, cfg.max_num_seqs,
+            loaded.weights,
+            layout,
+            self.max_model_len,
+            cfg.max_num_seqs,
             cfg.max_num_batched_tokens,
         )
         self._requests: dict[str, _Request] = {}
@@ -111,8 +114,9 @@ class EngineCore:
         generator = None
         if params.temperature > 0:
             generator = torch.Generator(self.loaded.device)
-            generator.manual_seed(params.seed if params.seed is not None
-                                  else self._rng.getrandbits(63))
+            generator.manual_seed(
+                params.seed if params.seed is not None else self._rng.getrandbits(63)
+            )
         seq = Seq(request_id, ids, len(ids))
         stop = params.stop
         self._requests[request_id] = _Request(
@@ -121,9 +125,7 @@ class EngineCore:
         self.scheduler.add(seq)
         self._prompt_tokens += len(ids)
 
-    def _validate(
-        self, request_id: str, ids: Sequence[int], params: SamplingParams
-    ) -> None:
+    def _validate(self, request_id: str, ids: Sequence[int], params: SamplingParams) -> None:
         if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
             raise InvalidInput(f"request id must be a string of 1..{MAX_REQUEST_ID} characters")
         if request_id in self._requests:
@@ -212,8 +214,7 @@ class EngineCore:
         return RequestOutput(seq.request_id, (token,), text, True, reason, self._usage(req))
 
     def _usage(self, req: _Request) -> Usage:
-        return Usage(req.seq.num_prompt_tokens, req.num_generated,
-                     req.seq.num_cached_prompt_tokens)
+        return Usage(req.seq.num_prompt_tokens, req.num_generated, req.seq.num_cached_prompt_tokens)
 
     # -- load and cache contents ----------------------------------------------
 

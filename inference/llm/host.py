@@ -146,7 +146,8 @@ class ProcessLLM(LLMClient):
                 self._deliver(out, out.request_id)
         elif kind == "err":
             err: Exception = (
-                InvalidInput(msg["msg"]) if msg["kind"] == "invalid"
+                InvalidInput(msg["msg"])
+                if msg["kind"] == "invalid"
                 else EngineDeadError(f"engine error: {msg['msg']}")
             )
             self._deliver(err, msg["id"])
@@ -180,7 +181,9 @@ async def open_process_engine(
         listener.listen(1)
         ctx = multiprocessing.get_context("spawn")
         process = ctx.Process(
-            target=child_main, args=(config, path, seed), name=f"rumor-llm-{config.name}",
+            target=child_main,
+            args=(config, path, seed),
+            name=f"rumor-llm-{config.name}",
             daemon=True,
         )
         await trio.to_thread.run_sync(process.start)

@@ -56,9 +56,7 @@ def load_llm(config: ModelConfig) -> LoadedLLM:
             f"({spec.max_position_embeddings})",
         )
     weights = weights.to(device, dtype)
-    return LoadedLLM(
-        config, weights, tokenizer, device, dtype, max_len, _kv_budget(config, device)
-    )
+    return LoadedLLM(config, weights, tokenizer, device, dtype, max_len, _kv_budget(config, device))
 
 
 def _kv_budget(config: ModelConfig, device: torch.device) -> int:

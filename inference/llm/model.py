@@ -155,17 +155,21 @@ class LlamaWeights:
             layers.append(
                 LayerWeights(
                     input_norm=take(p + "input_layernorm.weight", (h,)),
-                    qkv=torch.cat([
-                        take(p + "self_attn.q_proj.weight", (q_out, h)),
-                        take(p + "self_attn.k_proj.weight", (kv_out, h)),
-                        take(p + "self_attn.v_proj.weight", (kv_out, h)),
-                    ]),
+                    qkv=torch.cat(
+                        [
+                            take(p + "self_attn.q_proj.weight", (q_out, h)),
+                            take(p + "self_attn.k_proj.weight", (kv_out, h)),
+                            take(p + "self_attn.v_proj.weight", (kv_out, h)),
+                        ]
+                    ),
                     o=take(p + "self_attn.o_proj.weight", (h, q_out)),
                     post_norm=take(p + "post_attention_layernorm.weight", (h,)),
-                    gate_up=torch.cat([
-                        take(p + "mlp.gate_proj.weight", (inter, h)),
-                        take(p + "mlp.up_proj.weight", (inter, h)),
-                    ]),
+                    gate_up=torch.cat(
+                        [
+                            take(p + "mlp.gate_proj.weight", (inter, h)),
+                            take(p + "mlp.up_proj.weight", (inter, h)),
+                        ]
+                    ),
                     down=take(p + "mlp.down_proj.weight", (h, inter)),
                 )
             )
@@ -201,17 +205,19 @@ class LlamaWeights:
             p = f"model.layers.{i}."
             q, k, v = lw.qkv.split_with_sizes([q_out, kv_out, kv_out])
             g, u = lw.gate_up.chunk(2)
-            sd.update({
-                p + "input_layernorm.weight": lw.input_norm,
-                p + "self_attn.q_proj.weight": q,
-                p + "self_attn.k_proj.weight": k,
-                p + "self_attn.v_proj.weight": v,
-                p + "self_attn.o_proj.weight": lw.o,
-                p + "post_attention_layernorm.weight": lw.post_norm,
-                p + "mlp.gate_proj.weight": g,
-                p + "mlp.up_proj.weight": u,
-                p + "mlp.down_proj.weight": lw.down,
-            })
+            sd.update(
+                {
+                    p + "input_layernorm.weight": lw.input_norm,
+                    p + "self_attn.q_proj.weight": q,
+                    p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v,
+                    p + "self_attn.o_proj.weight": lw.o,
+                    p + "post_attention_layernorm.weight": lw.post_norm,
+                    p + "mlp.gate_proj.weight": g,
+                    p + "mlp.up_proj.weight": u,
+                    p + "mlp.down_proj.weight": lw.down,
+                }
+            )
         return {k: v.contiguous() for k, v in sd.items()}
 
 
@@ -340,7 +346,10 @@ def reference_forward(weights: LlamaWeights, token_ids: list[int]) -> torch.Tens
         k = apply_rope(k.view(n, s.num_kv_heads, hd), cos.to(x.dtype), sin.to(x.dtype))
         v = v.view(n, s.num_kv_heads, hd)
         attn = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True,
+            q.transpose(0, 1),
+            k.transpose(0, 1),
+            v.transpose(0, 1),
+            is_causal=True,
             enable_gqa=True,
         )
         x = x + F.linear(attn.transpose(0, 1).reshape(n, -1), lw.o)

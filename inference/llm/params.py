@@ -95,14 +95,21 @@ class RequestOutput:
     def to_wire(self) -> list[Any]:
         u = self.usage
         usage = None if u is None else [u.prompt_tokens, u.completion_tokens, u.cached_tokens]
-        return [self.request_id, list(self.token_ids), self.text, self.finished,
-                self.finish_reason, usage]
+        return [
+            self.request_id,
+            list(self.token_ids),
+            self.text,
+            self.finished,
+            self.finish_reason,
+            usage,
+        ]
 
     @classmethod
     def from_wire(cls, item: list[Any]) -> RequestOutput:
         rid, toks, text, finished, reason, usage = item
-        return cls(rid, tuple(toks), text, finished, reason,
-                   None if usage is None else Usage(*usage))
+        return cls(
+            rid, tuple(toks), text, finished, reason, None if usage is None else Usage(*usage)
+        )
 
 
 @dataclass(frozen=True)

@@ -233,15 +233,21 @@ class ModelRunner:
         qt = q.transpose(0, 1).unsqueeze(0)
         if plan is None:
             out = F.scaled_dot_product_attention(
-                qt, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-                is_causal=True, enable_gqa=True,
+                qt,
+                k.transpose(0, 1).unsqueeze(0),
+                v.transpose(0, 1).unsqueeze(0),
+                is_causal=True,
+                enable_gqa=True,
             )
         else:  # a later chunk, or after a prefix-cache hit: attend to the cached context
             kk = self._gather(kc, plan.blocks)[: plan.length]
             vv = self._gather(vc, plan.blocks)[: plan.length]
             out = F.scaled_dot_product_attention(
-                qt, kk.transpose(0, 1).unsqueeze(0), vv.transpose(0, 1).unsqueeze(0),
-                attn_mask=plan.mask, enable_gqa=True,
+                qt,
+                kk.transpose(0, 1).unsqueeze(0),
+                vv.transpose(0, 1).unsqueeze(0),
+                attn_mask=plan.mask,
+                enable_gqa=True,
             )
         return out.squeeze(0).transpose(0, 1).reshape(n, -1)
 

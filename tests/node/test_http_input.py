@@ -10,9 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.config import NodeConfig
-from node.daemon import EVENT_BUFFER, Daemon
+from node.daemon import Daemon
+from node.events import EVENT_BUFFER
 from node.errors import TooManySubscribers
-from node.http import HTTPError, _parse_infer, _to_tensors, sse_events
+from node.api.common import HTTPError
+from node.api.kserve import parse_infer, to_tensors
+from node.api.observe import sse_events
 
 # ---------------------------------------------------------------- 9. parsers
 
@@ -36,7 +39,7 @@ def _infer(shape: object, data: object, datatype: str = "FP32") -> bytes:
 )
 def test_malformed_tensors_are_client_errors(shape: object, data: object) -> None:
     with pytest.raises(HTTPError) as e:
-        _to_tensors(_parse_infer(_infer(shape, data)))
+        to_tensors(parse_infer(_infer(shape, data)))
     assert 400 <= e.value.status < 500
 
 
@@ -67,7 +70,7 @@ BODY = st.one_of(
 @given(BODY)
 def test_no_body_makes_the_infer_parsers_fail_other_than_4xx(body: bytes) -> None:
     try:
-        _to_tensors(_parse_infer(body))
+        to_tensors(parse_infer(body))
     except HTTPError as e:
         assert 400 <= e.status < 500, e.message
 
@@ -83,7 +86,7 @@ async def test_a_subscriber_that_falls_behind_is_told_it_lost_events() -> None:
     d = _daemon()
     sub = d.subscribe()
     for i in range(EVENT_BUFFER + 5):  # nobody reads meanwhile
-        d._emit({"type": "member-update", "member": f"m{i}"})
+        d.events.emit({"type": "member-update", "member": f"m{i}"})
     assert sub.lost
     chunks = [chunk async for chunk in sse_events(sub, "n0")]
     assert len(chunks) == 1 + EVENT_BUFFER + 1  # comment, every buffered event, the notice
@@ -97,7 +100,7 @@ async def test_subscribers_that_keep_up_lose_nothing_and_their_number_is_capped(
     with pytest.raises(TooManySubscribers):
         d.subscribe()
     for i in range(10):
-        d._emit({"type": "member-update", "member": f"m{i}"})
+        d.events.emit({"type": "member-update", "member": f"m{i}"})
     for s in subs:
         s.send.close()
         got = [c async for c in sse_events(s, "n0")]

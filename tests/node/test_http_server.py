@@ -20,7 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from node.forward import Forwarder, ForwardError
-from node.httpserver import BodyRejected, ConnectionTable, HTTPLimits, read_body, serve_asgi
+from node.api.server import BodyRejected, ConnectionTable, read_body, serve_asgi
+from node.config import HTTPLimits
 
 
 async def _echo(request: Request) -> Response:

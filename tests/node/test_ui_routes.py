@@ -1,4 +1,4 @@
-"""`GET /ui` and its files (node/ui_routes.py): what is served, with which
+"""`GET /ui` and its files (node/api/ui.py): what is served, with which
 headers, and static checks that the page keeps to its CSP and renders peer
 data as text. The page itself is tested in a browser in tests/e2e/test_ui*.py.
 """
@@ -11,9 +11,8 @@ from importlib import resources
 
 import httpx
 import pytest
+from node.api.ui import ASSETS, CSP, ui_routes
 from starlette.applications import Starlette
-
-from node.ui_routes import ASSETS, CSP, ui_routes
 
 UI = resources.files("node").joinpath("ui")
 
@@ -56,7 +55,7 @@ async def test_an_unchanged_file_is_a_304_by_its_etag() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/ui/nope.js", "/ui/../pyproject.toml", "/ui/%2e%2e/node/http.py", "/ui/ui_routes.py"]
+    "path", ["/ui/nope.js", "/ui/../pyproject.toml", "/ui/%2e%2e/node/api/app.py", "/ui/ui.py"]
 )
 async def test_nothing_but_the_listed_files_is_served(path: str) -> None:
     async with client() as c:

@@ -42,13 +42,15 @@ def test_hashes_are_the_same_in_another_process() -> None:
     # A router in another process (other PYTHONHASHSEED, no torch) must agree.
     code = "from inference.llm.prefix import block_hashes; print(block_hashes(range(64), salt='m'))"
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert out.strip() == str(block_hashes(list(range(64)), salt="m"))
     # ...and importing the package (the hash function, the clients) does not import torch.
     code = "import sys, inference.llm; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 

@@ -37,15 +37,16 @@ def tokens(outs: list[RequestOutput]) -> list[int]:
 def prompts(engine: EngineCore, n: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(7)
     vocab = engine.loaded.weights.spec.vocab_size
-    return [torch.randint(2, vocab, (int(8 + 37 * i % 90),), generator=g).tolist()
-            for i in range(n)]
+    return [
+        torch.randint(2, vocab, (int(8 + 37 * i % 90),), generator=g).tolist() for i in range(n)
+    ]
 
 
 def reference_greedy(engine: EngineCore, prompt: list[int], n: int) -> list[int]:
     ids = list(prompt)
     for _ in range(n):
         ids.append(int(reference_forward(engine.loaded.weights, ids)[-1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_paged_greedy_equals_the_no_cache_reference() -> None:
@@ -105,13 +106,15 @@ def test_prefix_cache_hit_gives_the_same_tokens_and_counts_cached_usage() -> Non
 
 def test_preemption_under_a_small_pool_changes_nothing() -> None:
     big = core()
-    small = core(kv_cache_bytes=24 * 16 * big.loaded.weights.spec.kv_bytes_per_token(
-        torch.float32))  # 24 blocks, for 6 requests that want ~36
+    small = core(
+        kv_cache_bytes=24 * 16 * big.loaded.weights.spec.kv_bytes_per_token(torch.float32)
+    )  # 24 blocks, for 6 requests that want ~36
     ps = prompts(big, 6)
     for engine in (big, small):
         for i, p in enumerate(ps):
-            engine.add_request(str(i), p, SamplingParams(max_tokens=30, temperature=0,
-                                                          ignore_eos=True))
+            engine.add_request(
+                str(i), p, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+            )
     want, got = run(big), run(small)
     assert small.stats().preemptions > 0
     assert {k: tokens(v) for k, v in got.items()} == {k: tokens(v) for k, v in want.items()}
@@ -123,8 +126,11 @@ def test_seeded_sampling_repeats_and_seeds_differ() -> None:
     p = prompts(engine, 1)[0]
 
     def draw(seed: int, top_p: float = 1.0) -> list[int]:
-        engine.add_request("x", p, SamplingParams(max_tokens=20, temperature=1.0, top_p=top_p,
-                                                  seed=seed, ignore_eos=True))
+        engine.add_request(
+            "x",
+            p,
+            SamplingParams(max_tokens=20, temperature=1.0, top_p=top_p, seed=seed, ignore_eos=True),
+        )
         return tokens(run(engine)["x"])
 
     assert draw(1) == draw(1)
@@ -203,8 +209,16 @@ def test_invalid_requests_raise_and_change_nothing(
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_tokens": 0}, {"temperature": -1}, {"temperature": float("nan")}, {"top_p": 0},
-     {"top_p": 1.5}, {"seed": -3}, {"stop": ["x"] * 17}, {"stop": [""]}],
+    [
+        {"max_tokens": 0},
+        {"temperature": -1},
+        {"temperature": float("nan")},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"seed": -3},
+        {"stop": ["x"] * 17},
+        {"stop": [""]},
+    ],
 )
 def test_bad_sampling_values_are_invalid_input(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):

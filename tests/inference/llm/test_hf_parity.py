@@ -24,8 +24,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "llama3-rope-tied": {
         "tie_word_embeddings": True,
         "rope_parameters": {
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64,
         },
     },
@@ -36,19 +39,31 @@ def save_hf_model(path: Path, variant: str) -> Any:
     tok = builtin_tokenizer()
     torch.manual_seed(3)
     cfg = transformers.LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_ids[0],
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_ids[0],
         **VARIANTS[variant],
     )
     model = transformers.LlamaForCausalLM(cfg).eval()
     model.save_pretrained(path)  # config.json + model.safetensors
     tok.tokenizer.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|bos|>", "eos_token": "<|eos|>", "add_bos_token": True,
-        "chat_template": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
-                         "{% endfor %}[assistant]",
-    }))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|bos|>",
+                "eos_token": "<|eos|>",
+                "add_bos_token": True,
+                "chat_template": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                "{% endfor %}[assistant]",
+            }
+        )
+    )
     return model
 
 
@@ -56,13 +71,14 @@ def save_hf_model(path: Path, variant: str) -> Any:
 def test_greedy_tokens_and_logits_match_transformers(tmp_path: Path, variant: str) -> None:
     hf = save_hf_model(tmp_path, variant)
     # Chunks of 16 tokens: the prompt runs as several prefill chunks, then decodes.
-    engine = EngineCore.from_config(llm_config(source=f"hf:{tmp_path}", size="",
-                                               max_model_len=256, max_num_batched_tokens=16))
+    engine = EngineCore.from_config(
+        llm_config(source=f"hf:{tmp_path}", size="", max_model_len=256, max_num_batched_tokens=16)
+    )
     prompt = engine.tokenizer.encode("The scheduler wakes up for every step and looks around.")
     assert len(prompt) > 16
     logits: list[torch.Tensor] = []
     execute = engine.runner.execute
-    engine.runner.execute = lambda chunks: (logits.append(out := execute(chunks)) or out)
+    engine.runner.execute = lambda chunks: logits.append(out := execute(chunks)) or out
     n = 24
     engine.add_request("r", prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
     ours: list[int] = []
@@ -71,9 +87,15 @@ def test_greedy_tokens_and_logits_match_transformers(tmp_path: Path, variant: st
             ours += o.token_ids
     step_logits = torch.cat([x for x in logits if len(x)])
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
-                          do_sample=False, output_logits=True, return_dict_in_generate=True)
-    hf_tokens = ref.sequences[0, len(prompt):].tolist()
+        ref = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    hf_tokens = ref.sequences[0, len(prompt) :].tolist()
     assert ours == hf_tokens
     hf_logits = torch.cat(ref.logits).float()
     assert step_logits.shape == hf_logits.shape
@@ -82,17 +104,16 @@ def test_greedy_tokens_and_logits_match_transformers(tmp_path: Path, variant: st
 
 def test_hf_directory_brings_its_tokenizer_and_chat_template(tmp_path: Path) -> None:
     save_hf_model(tmp_path, "default-rope")
-    engine = EngineCore.from_config(llm_config(source=f"hf:{tmp_path}", size="",
-                                               max_model_len=256))
+    engine = EngineCore.from_config(llm_config(source=f"hf:{tmp_path}", size="", max_model_len=256))
     tok = engine.tokenizer
     assert tok.fingerprint() != builtin_tokenizer().fingerprint()  # the template differs
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "[user] hi\n[assistant]"
     assert tok.eos_token_ids == builtin_tokenizer().eos_token_ids
     info = engine.describe()
     assert info.source == f"hf:{tmp_path}" and info.max_model_len == 256
-    assert info.num_params == sum(p.numel() for p in
-                                  transformers.LlamaForCausalLM.from_pretrained(tmp_path)
-                                  .parameters())
+    assert info.num_params == sum(
+        p.numel() for p in transformers.LlamaForCausalLM.from_pretrained(tmp_path).parameters()
+    )
 
 
 def test_missing_or_unsupported_directories_fail_clearly(tmp_path: Path) -> None:

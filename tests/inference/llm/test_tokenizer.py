@@ -17,10 +17,13 @@ TEXT = "Tokens per second: 日本語 héllo, ünïcödé and emoji 🙂 — done
 
 
 def test_builtin_tokenizer_is_the_same_in_another_process() -> None:
-    code = ("from inference.llm.tokenizer import builtin_tokenizer as b; "
-            "print(b().fingerprint(), b().vocab_size)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "from inference.llm.tokenizer import builtin_tokenizer as b; "
+        "print(b().fingerprint(), b().vocab_size)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     tok = builtin_tokenizer()
     assert out == [tok.fingerprint(), str(tok.vocab_size)]
 
