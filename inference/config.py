@@ -144,7 +144,7 @@ class ModelConfig:
                 raise ConfigError(key or "spec", f"{item!r} is not key=value")
             if key not in types or key in ("name", "source"):
                 raise ConfigError(key, "unknown field")
-            values[key] = _parse_scalar(key, str(types[key]), raw.strip())
+            values[key] = coerce(key, str(types[key]), raw.strip(), sep="+")
         return cls.from_dict(values)
 
     def resolved_device(self) -> str:
@@ -237,18 +237,34 @@ def _is_number(v: object) -> bool:
     return type(v) in (int, float)
 
 
-def _parse_scalar(key: str, type_name: str, raw: str) -> Any:
+def coerce(key: str, type_name: str, value: object, sep: str = ",") -> Any:
+    """A setting's value as its declared type (a dataclass field's annotation,
+    as a string), from TOML, a flag or an environment variable: the one
+    string-to-type rule of every config (models, node, gossip, scenarios).
+    Errors name the setting."""
     try:
         if "tuple" in type_name:
-            return tuple(int(x) for x in raw.split("+") if x)
+            items = value.split(sep) if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+            conv = int if "int" in type_name else str
+            return tuple(conv(v.strip() if isinstance(v, str) else v) for v in items if v != "")
         if type_name == "bool":
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
         if type_name == "int":
-            return int(raw)
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)  # type: ignore[call-overload]
         if type_name == "float":
-            return float(raw)
-    except ValueError:
-        raise ConfigError(key, f"{raw!r} is not a valid {type_name}") from None
-    return raw
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"{value!r} is not a valid {type_name}") from None
+    if value is None:
+        return None
+    return value if not isinstance(value, str | int | float) else str(value)
