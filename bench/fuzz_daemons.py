@@ -200,9 +200,9 @@ def send_paced(
 def fuzz_http(d: Daemons, rng: random.Random, count: int) -> dict[str, Any]:
     routes = [
         ("POST", "/v2/models/mlp/infer"), ("POST", "/v2/models/nope/infer"),
-        ("PUT", "/v1/node/tags"), ("POST", "/v1/models"), ("GET", "/v2/models/mlp"),
+        ("PUT", "/v1/node/tags"), ("POST", "/v1/catalog"), ("GET", "/v2/models/mlp"),
         ("GET", "/v1/cluster"), ("POST", "/v2/repository/models/mlp/load"),
-        ("DELETE", "/v1/models/mlp"), ("GET", "/v2/health/ready"),
+        ("DELETE", "/v1/catalog/mlp"), ("GET", "/v2/health/ready"),
     ]  # fmt: skip
     good = {
         "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.0] * 256}]

@@ -97,6 +97,8 @@ class NodeBase:
     _digest_cursor: str | None
     _last_syn_to: dict[str, float]
     _seeds: list[Addr]
+    _remembered: list[Addr]  # members a previous process knew (its snapshot)
+    _remember_until: float
     # Rounds and time.
     _round: int
     _next_round: float

@@ -128,15 +128,36 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
         self._last_syn_to: dict[str, float] = {}
         self._last_told: dict[str, float] = {}
         self._seeds: list[Addr] = []
+        self._remembered: list[Addr] = []
+        self._remember_until = 0.0
 
     # ------------------------------------------------------------------ public API
 
-    def join(self, seeds: list[Addr], now: float) -> None:
-        """Contact seed addresses: a full-window SYN to each (retried every round
-        until some member is known)."""
+    def join(
+        self,
+        seeds: list[Addr],
+        now: float,
+        remembered: list[Addr] | None = None,
+        remember_for: float = 600.0,
+    ) -> None:
+        """Contact seed addresses: a full-window SYN to each, retried every round
+        while no other member is known. `remembered`: members a previous process
+        of ours knew (its snapshot); they are knocked on like seeds for
+        `remember_for` seconds, so a restart rejoins them even if the seeds died."""
         self._seeds = [s for s in seeds if s != self.addr]
-        for seed in self._seeds:
-            self._send_syn(seed, now)
+        self._remembered = [a for a in remembered or () if a != self.addr and a not in seeds]
+        self._remember_until = now + remember_for
+        for addr in [*self._seeds, *self._remembered]:
+            self._send_syn(addr, now)
+
+    def snapshot(self) -> list[tuple[str, Addr, float]]:
+        """Live members other than us: (name, address, when last heard), for a
+        restart to rejoin (`join(remembered=...)`)."""
+        return [
+            (m.name, m.addr, m.last_heard)
+            for m in self.members.values()
+            if m.live and m.name != self.name
+        ]
 
     def set_key(self, key: str, value: Any, now: float) -> None:
         """Set a key in this node's own record and push the change at once."""
@@ -408,7 +429,7 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
             self._bc_records
             or self._bc_rumors
             or self._bc_crdts
-            or (self._seeds and len(self.table.live) <= 1)
+            or ((self._seeds or self._remembered) and len(self.table.live) <= 1)
         ):
             return self._next_round
         k = 0
@@ -421,9 +442,13 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
         c = self.config
         self._tell_the_accused(now)
         alone = len(self.table.live) <= 1
-        if alone and self._seeds:
-            for seed in self._seeds:  # still alone: keep knocking on the seeds
-                self._send_syn(seed, now)
+        if alone:
+            # Still alone: keep knocking on the seeds, and on the members a
+            # previous process of ours knew (until they age out).
+            if now >= self._remember_until:
+                self._remembered = []
+            for addr in [*self._seeds, *self._remembered]:
+                self._send_syn(addr, now)
         if c.heartbeat_every > 0 and self._round % c.heartbeat_every == 0:
             _, succ = self._neighbours()
             if succ is not None:

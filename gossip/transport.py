@@ -71,6 +71,7 @@ class GossipRuntime:
         bind: Addr,
         *,
         seeds: list[Addr] | None = None,
+        remembered: list[Addr] | None = None,
         config: GossipConfig | None = None,
         keyring: Keyring | None = None,
         insecure: bool = False,
@@ -88,6 +89,9 @@ class GossipRuntime:
         self.name = name
         self.bind = bind
         self.seeds = seeds or []
+        #: Members a previous process knew (the node's snapshot): knocked on like
+        #: seeds while we are alone, so a restart rejoins even if seeds died.
+        self.remembered = remembered or []
         self.config = config or GossipConfig()
         self.keyring = keyring
         self.generation = generation if generation is not None else time.time_ns() // 1_000_000
@@ -151,8 +155,8 @@ class GossipRuntime:
                 nursery.start_soon(self._recv_loop)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-                if self.seeds:
-                    self.node.join(self.seeds, trio.current_time())
+                if self.seeds or self.remembered:
+                    self.node.join(self.seeds, trio.current_time(), remembered=self.remembered)
                     self.kick()
                 task_status.started(self.addr)
         finally:

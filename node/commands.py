@@ -58,7 +58,7 @@ def add_node_parsers(sub: Any) -> None:
     node.add_argument("--drain-timeout", type=float, help="shutdown drain, s (default 10)")
     node.add_argument(
         "--router",
-        choices=["rumor", "random", "round_robin"],
+        choices=["rumor", "p2c", "least_loaded", "random", "round_robin"],
         help="routing policy (default rumor; the others are baselines for comparisons)",
     )
     node.add_argument("--http-keep-alive", type=float, help="idle HTTP keep-alive, s (default 75)")
@@ -66,6 +66,14 @@ def add_node_parsers(sub: Any) -> None:
         "--http-body-timeout", type=float, help="request body deadline, s (default 10)"
     )
     node.add_argument("--http-max-connections", type=int, help="HTTP connection cap (default 1024)")
+    node.add_argument(
+        "--gossip-opt",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a gossip protocol setting, e.g. probe_timeout=0.5 (repeatable; any "
+        "gossip.config.GossipConfig field; also a [gossip] TOML table or RUMOR_GOSSIP_KEY)",
+    )
     node.add_argument("--log-json", action="store_true", default=None, help="JSON logs")
     node.add_argument(
         "--log-level",
@@ -110,6 +118,7 @@ def add_node_parsers(sub: Any) -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
+    from .api.app import serve_http
     from .config import load_node_config
     from .daemon import Daemon, print_bound
 
@@ -132,6 +141,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         "http_keep_alive": args.http_keep_alive,
         "http_body_timeout": args.http_body_timeout,
         "http_max_connections": args.http_max_connections,
+        "gossip_opts": args.gossip_opt,
     }
     try:
         config = load_node_config(args.config, flags)
@@ -148,7 +158,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                bound = await nursery.start(daemon.run)
+                bound = await nursery.start(daemon.run, serve_http)
                 print_bound(bound)
                 async for _ in signals:
                     await daemon.shutdown()

@@ -30,6 +30,7 @@ from gossip.wire import Addr
 #: virtual time plus their skew plus this, so timestamps look like real ones.
 SIM_EPOCH = 1_767_225_600.0
 
+
 @dataclass
 class LinkModel:
     latency: float = 0.001  # one-way seconds

@@ -17,9 +17,7 @@ race; AWS asks for over 60 s behind its load balancers).
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -29,40 +27,10 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
+from ..config import HTTPLimits
+
 ASGIApp = Callable[..., Awaitable[None]]
 Scope = MutableMapping[str, Any]
-
-#: Descriptors kept free for everything that is not an HTTP connection (gossip
-#: sockets, the forwarder's pool, model files, logs).
-_FD_RESERVE = 48
-
-
-@dataclass(frozen=True)
-class HTTPLimits:
-    #: Close a connection idle this long between requests. Above common
-    #: proxies' 60 s, so that a client or balancer always gives up on an idle
-    #: connection before we do (hypercorn's default of 5 s equals httpx's
-    #: pool expiry, and a request sent as both expire is lost).
-    keep_alive_s: float = 75.0
-    #: A request's body must arrive within this after its headers (408 after).
-    body_timeout_s: float = 10.0
-    #: Concurrent connections, in all and per client address. The overall cap
-    #: is further bounded by the process's descriptor limit.
-    max_connections: int = 1024
-    max_connections_per_ip: int = 256
-
-    def __post_init__(self) -> None:
-        if self.keep_alive_s <= 0 or self.body_timeout_s <= 0:
-            raise ValueError("keep_alive_s and body_timeout_s must be positive")
-        if self.max_connections < 1 or self.max_connections_per_ip < 1:
-            raise ValueError("connection caps must be at least 1")
-
-    def connection_cap(self) -> int:
-        """max_connections, lowered to what the descriptor limit leaves room for."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return self.max_connections
-        return max(1, min(self.max_connections, soft - _FD_RESERVE))
 
 
 class BodyRejected(Exception):

@@ -4,7 +4,7 @@
 // Everything a peer wrote (member names, tags, model names, states, load keys)
 // is data: it reaches the page through textContent, title, dataset and
 // <option> text, never through innerHTML or markup, and the CSP sent with the
-// page allows no inline script either way (node/ui_routes.py).
+// page allows no inline script either way (node/api/ui.py).
 
 import { colorFor, drawLines } from "./chart.js";
 import {

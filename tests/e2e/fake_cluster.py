@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from node.ui_routes import ui_routes
+from node.api.ui import ui_routes
 
 #: A member name, a tag and a model name that would run script if rendered as HTML.
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"

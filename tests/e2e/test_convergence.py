@@ -73,7 +73,7 @@ def test_a_wiped_disk_after_a_restart_still_converges(cluster: LocalCluster) -> 
 
 
 def _catalog(c: LocalCluster, name: str) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(c.url(name, "/v1/models"), timeout=5).json()["catalog"]
+    body: dict[str, object] = httpx.get(c.url(name, "/v1/catalog"), timeout=5).json()["catalog"]
     return body
 
 
@@ -86,13 +86,13 @@ def test_a_restart_without_state_reuses_no_dot(cluster: LocalCluster) -> None:
     c.wait_for(lambda: c.alive_members("b") == {"a", "b"}, 20, "b to see a")
     m1 = {"name": "m1", "source": "builtin:mlp", "max_batch_size": 4}
     m2 = {"name": "m2", "source": "builtin:transformer", "max_batch_size": 2}
-    assert httpx.post(c.url("a", "/v1/models"), json=m1, timeout=10).status_code == 201
+    assert httpx.post(c.url("a", "/v1/catalog"), json=m1, timeout=10).status_code == 201
     c.wait_for(lambda: "m1" in _catalog(c, "b"), 20, "m1 to reach b")
     c.kill("a")
     c.pause("b")
     shutil.rmtree(c.workdir / "a")
     c.start("a", join=["b"])
-    assert httpx.post(c.url("a", "/v1/models"), json=m2, timeout=10).status_code == 201
+    assert httpx.post(c.url("a", "/v1/catalog"), json=m2, timeout=10).status_code == 201
     c.resume("b")
     want = {"m1": m1, "m2": m2}
     c.wait_for(
@@ -101,7 +101,7 @@ def test_a_restart_without_state_reuses_no_dot(cluster: LocalCluster) -> None:
 
 
 def _targets(c: LocalCluster, name: str) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(c.url(name, "/v1/models"), timeout=5).json()["replicas"]
+    body: dict[str, object] = httpx.get(c.url(name, "/v1/catalog"), timeout=5).json()["replicas"]
     return body
 
 
@@ -115,24 +115,24 @@ def test_clocks_a_later_write_wins_and_a_fast_node_refuses_writes(
     for n in ("a", "b", "f"):
         c.wait_for(lambda n=n: c.alive_members(n) == {"a", "b", "f"}, 20, f"{n} to see all")
     spec = {"name": "m", "source": "builtin:mlp"}
-    assert httpx.post(c.url("a", "/v1/models"), json=spec, timeout=10).status_code == 201
+    assert httpx.post(c.url("a", "/v1/catalog"), json=spec, timeout=10).status_code == 201
     c.wait_for(lambda: "m" in _catalog(c, "b"), 20, "m to reach b")
 
     # The fast node knows its clock is off, says so, and refuses LWW writes.
     c.wait_for(lambda: not c.view("f")["clock"]["healthy"], 20, "f to see its clock is off")
     assert abs(c.view("f")["clock"]["offset_s"] - 3600) < 5
     assert "rumor_clock_healthy 0.0" in httpx.get(c.url("f", "/metrics"), timeout=5).text
-    r = httpx.put(c.url("f", "/v1/models/m/replicas"), json={"replicas": 7}, timeout=10)
+    r = httpx.put(c.url("f", "/v1/catalog/m/replicas"), json={"replicas": 7}, timeout=10)
     assert r.status_code == 503 and "clock" in r.json()["error"]
     assert c.view("a")["clock"]["healthy"]
 
     # b (2 s fast) writes, then a writes half a second later by real time: a
     # has merged b's timestamp into its clock, so a's write holds everywhere.
-    r = httpx.put(c.url("b", "/v1/models/m/replicas"), json={"replicas": 2}, timeout=10)
+    r = httpx.put(c.url("b", "/v1/catalog/m/replicas"), json={"replicas": 2}, timeout=10)
     assert r.status_code == 200 and r.json() == {"model": "m", "replicas": 2, "applied": True}
     c.wait_for(lambda: _targets(c, "a").get("m") == 2, 20, "b's write to reach a")
     time.sleep(0.5)
-    r = httpx.put(c.url("a", "/v1/models/m/replicas"), json={"replicas": 3}, timeout=10)
+    r = httpx.put(c.url("a", "/v1/catalog/m/replicas"), json={"replicas": 3}, timeout=10)
     assert r.json() == {"model": "m", "replicas": 3, "applied": True}  # what holds after it
     for n in ("a", "b"):
         c.wait_for(lambda n=n: _targets(c, n).get("m") == 3, 20, f"a's write to hold on {n}")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from gossip.crypto import Keyring
-from node.ui_routes import CSP
+from node.api.ui import CSP
 from tests.e2e.browser import (
     chromium,
     console_errors,
@@ -94,8 +94,8 @@ def admin(cluster: Cluster, node: str, method: str, path: str, body: object) -> 
 def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster) -> None:
     # Operator data through the admin API (token required): a placed model
     # with a target, and a tag whose value is markup, set on another node.
-    admin(cluster, "n1", "POST", "/v1/models", {"name": "tiny", "source": "builtin:mlp"})
-    admin(cluster, "n1", "PUT", "/v1/models/tiny/replicas", {"replicas": 2})
+    admin(cluster, "n1", "POST", "/v1/catalog", {"name": "tiny", "source": "builtin:mlp"})
+    admin(cluster, "n1", "PUT", "/v1/catalog/tiny/replicas", {"replicas": 2})
     admin(cluster, "n1", "PUT", "/v1/node/tags", {"zone": "eu", "note": HOSTILE})
 
     # Every node serves the page, with its security headers.

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.config import NodeConfig
-from node.daemon import Daemon
-from node.events import EVENT_BUFFER
-from node.errors import TooManySubscribers
 from node.api.common import HTTPError
 from node.api.kserve import parse_infer, to_tensors
 from node.api.observe import sse_events
+from node.config import NodeConfig
+from node.daemon import Daemon
+from node.errors import TooManySubscribers
+from node.events import EVENT_BUFFER
 
 # ---------------------------------------------------------------- 9. parsers
 

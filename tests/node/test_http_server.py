@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from node.forward import Forwarder, ForwardError
 from node.api.server import BodyRejected, ConnectionTable, read_body, serve_asgi
 from node.config import HTTPLimits
+from node.forward import Forwarder, ForwardError
 
 
 async def _echo(request: Request) -> Response:

@@ -11,8 +11,9 @@ from importlib import resources
 
 import httpx
 import pytest
-from node.api.ui import ASSETS, CSP, ui_routes
 from starlette.applications import Starlette
+
+from node.api.ui import ASSETS, CSP, ui_routes
 
 UI = resources.files("node").joinpath("ui")
 

@@ -13,6 +13,7 @@ from node.cluster.routing import (
     POLICIES,
     Candidate,
     CandidateBuilder,
+    Given,
     RouterState,
     estimate,
     policy,
@@ -30,25 +31,25 @@ def test_estimate_drains_the_report_and_takes_the_larger_view() -> None:
     assert estimate(Candidate("a", queue=4, age_s=9.0)) == 4
 
 
-def _cands(*cs: Candidate) -> tuple[list[str], dict[str, Candidate]]:
-    return [c.name for c in cs], {c.name: c for c in cs}
+def _cands(*cs: Candidate) -> tuple[list[str], Given]:
+    return [c.name for c in cs], Given(cs)
 
 
 def test_rumor_takes_the_better_of_two_and_breaks_ties_at_random() -> None:
     rng, state, p = random.Random(1), RouterState(), policy("rumor")
     names, by = _cands(Candidate("a", queue=5), Candidate("b", queue=1))
-    assert all(p.choose(names, by.__getitem__, rng, state) == "b" for _ in range(50))
+    assert all(p.choose(names, by, rng, state) == "b" for _ in range(50))
     names, by = _cands(Candidate("x", queue=2), Candidate("y", queue=2))
-    assert {p.choose(names, by.__getitem__, rng, state) for _ in range(50)} == {"x", "y"}
+    assert {p.choose(names, by, rng, state) for _ in range(50)} == {"x", "y"}
 
 
 def test_local_replica_is_kept_unless_worse_by_the_margin() -> None:
     rng, state, p = random.Random(2), RouterState(), policy("rumor")
     names, by = _cands(Candidate("me", queue=2, local=True), Candidate("b", queue=1))
-    assert p.choose(names, by.__getitem__, rng, state, "me", 1.0) == "me"  # hop saved
-    assert p.choose(names, by.__getitem__, rng, state, "me", 0.5) == "b"
+    assert p.choose(names, by, rng, state, "me", 1.0) == "me"  # hop saved
+    assert p.choose(names, by, rng, state, "me", 0.5) == "b"
     names, by = _cands(Candidate("me", queue=9, local=True), Candidate("b", queue=1))
-    assert p.choose(names, by.__getitem__, rng, state, "me", 1.0) == "b"
+    assert p.choose(names, by, rng, state, "me", 1.0) == "b"
 
 
 def test_sends_since_a_report_count_only_sends_after_it() -> None:
