@@ -10,19 +10,34 @@ declarations at the end of this class.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from crdt import CRDT, HLC
 
 from .config import GossipConfig
 from .crypto import DATAGRAM, SEAL_OVERHEAD, STREAM, Opener, ReplayWindow, Sealer
+from .errors import RemoteProtocolError
 from .events import EventType, GossipEvent
 from .state import ClusterState, NodeRecord
 from .status import Member, MemberTable
-from .wire import Addr, Message, MsgType, Rumor, encode_message
+from .wire import (
+    MAX_PREAMBLE,
+    PREAMBLE_MAGIC,
+    Addr,
+    Message,
+    MsgType,
+    Rumor,
+    decode_preamble,
+    encode_message,
+)
+
+log = logging.getLogger("rumor.gossip")
 
 #: Header fields and array framing around a message's variable parts.
 MSGPACK_SLACK = 48
@@ -150,6 +165,37 @@ class NodeBase:
             self.counters["too_large_to_send"] += 1
             return
         self.counters["bytes_out"] += len(data)
+
+    def _drop(self, reason: str, src: Addr, detail: str = "") -> None:
+        self.counters[f"dropped_{reason}"] += 1
+        self.counters["dropped"] += 1
+        log.debug("drop from %s:%s: %s %s", src[0], src[1], reason, detail)
+
+    def seal_preamble(self, length: int) -> bytes:
+        """The small authenticated frame that opens a TCP stream: it names us and
+        the bytes that follow, so a receiver buffers nothing large for a peer
+        that cannot seal (gossip/transport.py)."""
+        body = [PREAMBLE_MAGIC, self.name, self.generation, length]
+        return self._sealer.seal(msgpack.packb(body, use_bin_type=True), STREAM)
+
+    def open_preamble(self, data: bytes, src: Addr, now: float) -> int:
+        """Check a stream's preamble; returns the byte count it announces.
+        Raises RemoteProtocolError (counted and dropped, as for any packet)."""
+        try:
+            if len(data) > MAX_PREAMBLE:
+                raise RemoteProtocolError("oversized", "stream preamble too long")
+            plaintext, salt, counter = self._opener.open(data, STREAM)
+            body = decode_preamble(plaintext)
+            if salt:
+                key = (body[0], salt, STREAM)
+                window = self._replay.setdefault(key, ReplayWindow())
+                if not window.check_and_set(counter):
+                    raise RemoteProtocolError("replay", f"stream preamble from {body[0]}")
+        except RemoteProtocolError as e:
+            self._drop(e.reason, src, str(e))
+            raise
+        self._clock = max(self._clock, now)
+        return body[2]
 
     def _random_peers(self, k: int) -> list[str]:
         return self.table.live.sample(self.rng, k, exclude=self.name)

@@ -32,7 +32,6 @@ from crdt import CRDT, HLC, DecodeError, decode
 
 from .base import Datagram, Outgoing, Probe, StreamFrame
 from .broadcast import Dissemination
-from .broadcast import packb as _packb
 from .clock import Clocks
 from .config import GossipConfig
 from .crypto import DATAGRAM, STREAM, Keyring, Opener, ReplayWindow, Sealer
@@ -44,15 +43,12 @@ from .state import ClusterState, NodeRecord
 from .status import Member, MemberTable
 from .sync import AntiEntropy
 from .wire import (
-    MAX_PREAMBLE,
-    PREAMBLE_MAGIC,
     Addr,
     Message,
     MsgType,
     NodeDelta,
     Status,
     decode_message,
-    decode_preamble,
 )
 
 __all__ = [
@@ -246,40 +242,9 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
         """Handle one datagram. Never raises for anything the peer sent."""
         self._receive(data, src, now, stream=False)
 
-    def seal_preamble(self, length: int) -> bytes:
-        """The small authenticated frame that opens a TCP stream: it names us and
-        the bytes that follow, so a receiver buffers nothing large for a peer
-        that cannot seal (gossip/transport.py)."""
-        body = [PREAMBLE_MAGIC, self.name, self.generation, length]
-        return self._sealer.seal(_packb(body), STREAM)
-
-    def open_preamble(self, data: bytes, src: Addr, now: float) -> int:
-        """Check a stream's preamble; returns the byte count it announces.
-        Raises RemoteProtocolError (counted and dropped, as for any packet)."""
-        try:
-            if len(data) > MAX_PREAMBLE:
-                raise RemoteProtocolError("oversized", "stream preamble too long")
-            plaintext, salt, counter = self._opener.open(data, STREAM)
-            body = decode_preamble(plaintext)
-            if salt:
-                key = (body[0], salt, STREAM)
-                window = self._replay.setdefault(key, ReplayWindow())
-                if not window.check_and_set(counter):
-                    raise RemoteProtocolError("replay", f"stream preamble from {body[0]}")
-        except RemoteProtocolError as e:
-            self._drop(e.reason, src, str(e))
-            raise
-        self._clock = max(self._clock, now)
-        return body[2]
-
     def receive_stream(self, frame: bytes, src: Addr, now: float) -> None:
         """Handle one frame of a TCP bulk stream (same envelope, larger limit)."""
         self._receive(frame, src, now, stream=True)
-
-    def _drop(self, reason: str, src: Addr, detail: str = "") -> None:
-        self.counters[f"dropped_{reason}"] += 1
-        self.counters["dropped"] += 1
-        log.debug("drop from %s:%s: %s %s", src[0], src[1], reason, detail)
 
     def _receive(self, data: bytes, src: Addr, now: float, stream: bool) -> None:
         self.counters["frames_in" if stream else "datagrams_in"] += 1
