@@ -99,6 +99,7 @@ class NodeBase:
     _bc_crdts: dict[str, tuple[CRDT, int]]  # crdt name -> (joined delta, left)
     # Failure detection.
     local_health: int
+    _health_raised_at: float  # when local health last rose (it decays from there)
     _probes: dict[int, Probe]
     _probing: set[str]
     _suspects: set[str]  # members with a running suspicion timer
@@ -251,4 +252,7 @@ class NodeBase:
         raise NotImplementedError  # detector.FailureDetection
 
     def _update_suspicion_deadline(self, m: Member) -> None:
+        raise NotImplementedError  # detector.FailureDetection
+
+    def _health(self, change: int, now: float) -> None:
         raise NotImplementedError  # detector.FailureDetection

@@ -58,6 +58,12 @@ class GossipConfig:
     #: A tick this much later than scheduled means our own loop stalled.
     lag_threshold: float = 0.5
     max_local_health: int = 8
+    #: Local health falls by one after this long with no new reason to raise
+    #: it (a late tick, a failed probe, a refutation). Lifeguard lowers it on
+    #: each successful probe; ring heartbeats make few, so without this decay
+    #: one stall (a model loading at start) slowed detection for good: 2.5 s
+    #: idle without a model, 6.6-12 s with one (docs/benchmarks.md). 0: off.
+    local_health_decay: float = 1.0
     #: Clocks: a remote timestamp further ahead of ours than this is refused,
     #: and a node whose clock is this far from its peers' median refuses LWW
     #: writes until it is fixed (gossip/clock.py). NTP keeps hosts within

@@ -88,6 +88,7 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
         self.state = ClusterState()
         self.incarnation = 0
         self.local_health = 0
+        self._health_raised_at = now
         self.counters: Counter[str] = Counter()
         self.left = False
         self._sealer = Sealer(keyring, rng)
@@ -352,6 +353,7 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
         due = self._next_work_round()
         self._clock = max(self._clock, now)
         due = self._check_own_lateness(now, due)
+        self._recover_health(now)
         self._check_timers(now)
         self._watch_predecessor(now)
         if now >= self._next_round:

@@ -139,7 +139,7 @@ class FailureDetection(NodeBase):
             self._send(probe.relay_to, self._msg(MsgType.ACK, seq=probe.relay_seq), now)
             return
         self._probing.discard(probe.target)
-        self.local_health = max(0, self.local_health - 1)
+        self._health(-1, now)
         m = self.members.get(probe.target)
         if m is not None:
             m.last_heard = now
@@ -164,7 +164,7 @@ class FailureDetection(NodeBase):
             # Lifeguard: a failed probe counts against our own health only when
             # helpers stayed silent too (no NACK): then the problem may be ours.
             missing = probe.helpers - len(probe.nackers) if probe.helpers else 1
-            self.local_health = min(self.config.max_local_health, self.local_health + missing)
+            self._health(missing, now)
             self.counters["probe_failures"] += 1
             if m.status == Status.ALIVE:
                 self.table.set_status(m, Status.SUSPECT, now)
@@ -244,6 +244,22 @@ class FailureDetection(NodeBase):
     def random_probe_period(self) -> float:
         return self.config.random_probe_every * self.config.interval
 
+    def _health(self, change: int, now: float) -> None:
+        """Lifeguard's local health, moved by `change` within 0..max_local_health."""
+        self.local_health = min(self.config.max_local_health, max(0, self.local_health + change))
+        if change > 0:
+            self._health_raised_at = now
+
+    def _recover_health(self, now: float) -> None:
+        """One step back towards 0 per `local_health_decay` seconds with no new
+        reason to raise it. Lifeguard lowers it on each successful probe, and a
+        node whose ring heartbeats keep everyone quiet makes few probes: without
+        this, one stall (a model loading) would slow every later detection."""
+        decay = self.config.local_health_decay
+        if self.local_health and decay > 0 and now - self._health_raised_at >= decay:
+            self.local_health -= 1
+            self._health_raised_at = now
+
     def _on_nack(self, msg: Message) -> None:
         probe = self._probes.get(msg.seq)
         if probe is not None and probe.relay_to is None and len(probe.nackers) < probe.helpers:
@@ -270,7 +286,7 @@ class FailureDetection(NodeBase):
             # Our own loop stalled (GC, GPU stall, overload): the silence we saw
             # is ours, not theirs. Give everyone fresh credit and accuse nobody.
             self.counters["local_stalls"] += 1
-            self.local_health = min(self.config.max_local_health, self.local_health + 2)
+            self._health(2, now)
             for m in self.members.values():
                 m.last_heard = max(m.last_heard, now)
             for name in self._suspects:
@@ -288,7 +304,7 @@ class FailureDetection(NodeBase):
             # every peer look slow), so trust our own timeouts less. Acks
             # bring it back down as the load passes.
             self.counters["late_ticks"] += 1
-            self.local_health = min(self.config.max_local_health, self.local_health + 1)
+            self._health(1, now)
         return due
 
     def _tell_the_accused(self, now: float) -> None:

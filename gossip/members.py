@@ -105,7 +105,7 @@ class Membership(NodeBase):
                 # Refute (SWIM): a higher incarnation overrides the accusation.
                 self.incarnation = r.incarnation + 1
                 self.members[self.name].incarnation = self.incarnation
-                self.local_health = min(self.config.max_local_health, self.local_health + 1)
+                self._health(1, now)
                 self.counters["refutations"] += 1
                 self._queue_rumor(self.name)
                 self._push_now(now)

@@ -27,6 +27,12 @@ if TYPE_CHECKING:  # torch is imported on the first load, so a node without mode
 
     from .batcher import DynamicBatcher, LoadStats
     from .engine import Engine, ModelDescription
+    from .llm.client import LLMClient
+    from .llm.params import EngineStats
+
+
+#: How often an LLM engine's load is read (the gossip interval's order).
+LLM_POLL_S = 0.2
 
 
 class ModelState(enum.StrEnum):
@@ -46,8 +52,16 @@ class ModelStatus:
     batcher: DynamicBatcher | None = None
     worker: WorkerThread | None = None
     scope: trio.CancelScope | None = None
+    #: An LLM (format "llm"): its engine process's client, and its latest load.
+    llm: LLMClient | None = None
+    llm_stats: EngineStats | None = None
+
+    @property
+    def is_llm(self) -> bool:
+        return self.config.format == "llm"
 
     def to_json(self) -> dict[str, Any]:
+        """The model's entry in the node's gossiped record."""
         out: dict[str, Any] = {"state": str(self.state), "version": "1"}
         if self.reason:
             out["reason"] = self.reason
@@ -55,6 +69,27 @@ class ModelStatus:
             out["max_batch"] = self.description.max_batch_size
             out["memory"] = self.description.memory_bytes
             out["device"] = self.description.device
+        if self.llm is not None:
+            info = self.llm.info
+            # What a router needs to compute the engine's prefix block hashes.
+            out["kind"] = "llm"
+            out["block_size"] = info.block_size
+            out["hash"] = info.hash_name
+            out["hash_salt"] = info.hash_salt
+            out["max_model_len"] = info.max_model_len
+            out["max_batch"] = self.config.max_num_seqs
+            st = self.llm_stats
+            if st is not None:
+                out["running"] = st.running
+                out["waiting"] = st.waiting
+                out["kv_used"] = st.kv_blocks_used
+                out["kv_total"] = st.kv_blocks_total
+                out["prefix_queries"] = st.prefix_cache_queries
+                out["prefix_hits"] = st.prefix_cache_hits
+                # Coarse, so that noise does not rewrite the record every tick.
+                out["tokens_per_s"] = round(st.tokens_per_s, -1)
+        elif self.is_llm:
+            out["kind"] = "llm"
         return out
 
 
@@ -106,6 +141,9 @@ class InferenceService:
         return status
 
     async def _load(self, status: ModelStatus) -> None:
+        if status.is_llm:
+            await self._load_llm(status)
+            return
         config = status.config
         worker = WorkerThread(config.name)
         status.worker = worker
@@ -128,6 +166,31 @@ class InferenceService:
             status.scope = scope
             await batcher.run()
 
+    async def _load_llm(self, status: ModelStatus) -> None:
+        """An LLM runs in its own engine process (inference.llm.host): model
+        execution never holds this process's GIL, so gossip ticks stay on time
+        however busy the engine is (issue #20). Its load is polled every
+        `LLM_POLL_S` for the gossiped record; a dead engine makes the model failed."""
+        from .errors import EngineDeadError
+        from .llm.host import EngineStartError, open_process_engine
+
+        with trio.CancelScope() as scope:
+            status.scope = scope
+            try:
+                async with open_process_engine(status.config) as llm:
+                    status.llm = llm
+                    status.llm_stats = await llm.stats()
+                    status.state = ModelState.READY
+                    status.settled.set()
+                    while True:
+                        await trio.sleep(LLM_POLL_S)
+                        status.llm_stats = await llm.stats()
+            except (EngineStartError, EngineDeadError, OSError) as e:
+                status.state = ModelState.FAILED
+                status.reason = f"{type(e).__name__}: {e}"
+                status.llm = None
+                status.settled.set()
+
     async def wait_ready(self, name: str) -> ModelStatus:
         """The ready event: returns once the model is ready or has failed."""
         status = self._status(name)
@@ -138,6 +201,9 @@ class InferenceService:
         status = self._status(name)
         await status.settled.wait()
         status.state = ModelState.UNLOADING
+        if status.llm is not None and status.scope is not None:
+            status.scope.cancel()  # stops the engine process (open_process_engine's exit)
+            status.llm = None
         if status.batcher is not None:
             status.batcher.close()
         if status.scope is not None:
@@ -170,6 +236,14 @@ class InferenceService:
         if status is None:
             raise ModelNotReady(f"model {name!r} is not loaded")
         return status
+
+    def llm(self, name: str) -> LLMClient:
+        """A ready LLM's client; ModelNotReady otherwise."""
+        status = self._models.get(name)
+        if status is None or status.state != ModelState.READY or status.llm is None:
+            state = status.state if status is not None else "not loaded"
+            raise ModelNotReady(f"model {name!r} is {state}")
+        return status.llm
 
     def models(self) -> dict[str, ModelStatus]:
         return dict(self._models)

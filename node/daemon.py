@@ -221,6 +221,9 @@ class Daemon:
         }
         for name, status in sorted(self.inference.models().items()):
             models[name] = status.to_json()
+            if status.llm_stats is not None:
+                load["queue"] += status.llm_stats.waiting
+                load["in_flight"] += status.llm_stats.running
             stats = self.inference.stats(name)
             if stats is not None:
                 load["queue"] += stats.queue

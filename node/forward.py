@@ -11,6 +11,7 @@ does nothing else: no redirects, cookies, auth or decompression.
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import h11
@@ -47,6 +48,52 @@ class _Conn:
         finally:
             raw.detach()  # the descriptor stays the trio stream's
         return True  # b"": the peer's FIN; anything else: stray bytes
+
+
+class Upstream:
+    """A peer's answer whose head has arrived; `chunks()` reads its body."""
+
+    def __init__(
+        self, fwd: Forwarder, conn: _Conn, hostport: str, status: int, headers: dict[str, str]
+    ) -> None:
+        self._fwd, self._conn, self.hostport = fwd, conn, hostport
+        self.status, self.headers = status, headers
+        self.bytes_read = 0
+        self._done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; each chunk within the forwarder's timeout.
+        Leaving early closes the connection (the peer sees the client go)."""
+        conn = self._conn
+        try:
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    with trio.fail_after(self._fwd.timeout):
+                        data = await conn.stream.receive_some(65536)
+                    conn.h11.receive_data(data)
+                    continue
+                if isinstance(event, h11.Data):
+                    self.bytes_read += len(event.data)
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._done = True
+                    self._fwd._release(conn, self.hostport)
+                    return
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ForwardError(f"{self.hostport} closed the connection mid-answer")
+        except trio.TooSlowError:
+            raise ForwardError(f"{self.hostport} stalled mid-answer") from None
+        except (OSError, h11.ProtocolError, trio.BrokenResourceError) as e:
+            raise ForwardError(f"{self.hostport}: {e}") from None
+        finally:
+            if not self._done:
+                await trio.aclose_forcefully(conn.stream)
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            await trio.aclose_forcefully(self._conn.stream)
 
 
 class Forwarder:
@@ -89,23 +136,50 @@ class Forwarder:
         return None
 
     async def post(self, hostport: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
-        """POST `body`; a pooled connection that closed before answering
-        anything is retried once on a fresh one."""
+        """POST `body` and read the whole answer (bounded by `max_answer`)."""
         try:
             with trio.fail_after(self.timeout):
-                conn = self._pooled(hostport)
-                if conn is not None:
-                    try:
-                        return await self._exchange(conn, hostport, path, body, headers)
-                    except _Stale:
-                        self.stale_retries += 1  # closed as we sent: dial again
-                conn = await self._dial(hostport)
-                try:
-                    return await self._exchange(conn, hostport, path, body, headers)
-                except _Stale as e:
-                    raise ForwardError(f"{hostport} closed the connection") from e
+                up = await self._open(hostport, path, body, headers)
+                chunks, size = [], 0
+                async for chunk in up.chunks():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > self.max_answer:
+                        await up.aclose()
+                        raise ForwardError(f"{hostport} answered more than {self.max_answer} B")
+                return Answer(up.status, up.headers, b"".join(chunks))
         except trio.TooSlowError:
             raise ForwardError(f"{hostport} did not answer within {self.timeout:g} s") from None
+
+    async def open(
+        self, hostport: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> Upstream:
+        """POST `body` and return as soon as the answer's head has arrived: its
+        body is then read chunk by chunk (a stream is passed on as it comes).
+        The head must come within `timeout`; each chunk within `timeout` too."""
+        try:
+            with trio.fail_after(self.timeout):
+                return await self._open(hostport, path, body, headers)
+        except trio.TooSlowError:
+            raise ForwardError(f"{hostport} did not answer within {self.timeout:g} s") from None
+
+    async def _open(
+        self, hostport: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> Upstream:
+        """A pooled connection that closed before answering anything is
+        retried once on a fresh one (the only safe retry: it was not served)."""
+        try:
+            conn = self._pooled(hostport)
+            if conn is not None:
+                try:
+                    return await self._request(conn, hostport, path, body, headers)
+                except _Stale:
+                    self.stale_retries += 1  # closed as we sent: dial again
+            conn = await self._dial(hostport)
+            try:
+                return await self._request(conn, hostport, path, body, headers)
+            except _Stale as e:
+                raise ForwardError(f"{hostport} closed the connection") from e
         except (OSError, ValueError, h11.ProtocolError, trio.BrokenResourceError) as e:
             # ValueError: an address in a peer's record that is no HOST:PORT.
             raise ForwardError(f"{hostport}: {e}") from None
@@ -116,9 +190,9 @@ class Forwarder:
         self.dials += 1
         return _Conn(stream)
 
-    async def _exchange(
+    async def _request(
         self, conn: _Conn, hostport: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> Answer:
+    ) -> Upstream:
         fields = [("host", hostport), ("content-length", str(len(body)))]
         fields += [
             (k, v) for k, v in headers.items() if k.lower() not in ("host", "content-length")
@@ -129,7 +203,6 @@ class Forwarder:
         got_any = False
         try:
             await conn.stream.send_all(out)
-            status, answer_headers, chunks, size = 0, {}, [], 0
             while True:
                 event = conn.h11.next_event()
                 if event is h11.NEED_DATA:
@@ -140,27 +213,18 @@ class Forwarder:
                     got_any = True
                     continue
                 if isinstance(event, h11.Response):
-                    status = event.status_code
-                    answer_headers = {k.decode(): v.decode() for k, v in event.headers}
-                elif isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                    size += len(event.data)
-                    if size > self.max_answer:
-                        raise ForwardError(f"{hostport} answered more than {self.max_answer} B")
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ForwardError(f"{hostport} closed the connection mid-answer")
+                    answer = {k.decode(): v.decode() for k, v in event.headers}
+                    return Upstream(self, conn, hostport, event.status_code, answer)
+                if isinstance(event, h11.ConnectionClosed):
+                    raise ForwardError(f"{hostport} closed the connection before answering")
         except (trio.BrokenResourceError, ConnectionError) as e:
-            await conn.stream.aclose()
+            await trio.aclose_forcefully(conn.stream)
             if not got_any:
                 raise _Stale from e
             raise ForwardError(f"{hostport}: {e}") from None
         except BaseException:
             await trio.aclose_forcefully(conn.stream)
             raise
-        self._release(conn, hostport)
-        return Answer(status, answer_headers, b"".join(chunks))
 
     def _release(self, conn: _Conn, hostport: str) -> None:
         if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:

@@ -37,21 +37,36 @@ class LocalModels:
         status = self.inference.status(model)
         return status is not None and status.state == ModelState.READY
 
-    def queue(self, model: str) -> float | None:
-        """Requests waiting or running here, exact; None if not held."""
+    def load(self, model: str) -> tuple[float, float] | None:
+        """(waiting, running) here, exact for a tensor model's batcher, as of
+        the last poll (0.2 s) for an LLM engine; None if not held."""
+        status = self.inference.status(model)
+        if status is None:
+            return None
+        if status.llm_stats is not None:
+            return float(status.llm_stats.waiting), float(status.llm_stats.running)
         stats = self.inference.stats(model)
-        return float(stats.queue + stats.in_flight) if stats is not None else None
+        return (float(stats.queue), float(stats.in_flight)) if stats is not None else None
+
+    def queue(self, model: str) -> float | None:
+        """Requests waiting or running here; None if not held."""
+        load = self.load(model)
+        return sum(load) if load is not None else None
 
     def max_batch(self, model: str) -> int:
+        """How many requests run at once: a tensor model's max batch, an LLM's
+        max_num_seqs (continuous batching)."""
         status = self.inference.status(model)
-        return status.config.max_batch_size if status is not None else 1
+        if status is None:
+            return 1
+        return status.config.max_num_seqs if status.is_llm else status.config.max_batch_size
 
     def busy(self, model: str) -> bool:
-        """Above the queue bound: answer "busy" so the router tries elsewhere."""
-        stats = self.inference.stats(model)
-        if stats is None:
+        """Waiting past the bound: answer "busy" so the router tries elsewhere."""
+        load = self.load(model)
+        if load is None:
             return False
-        return stats.queue >= busy_bound(self.busy_queue, self.max_batch(model))
+        return load[0] >= busy_bound(self.busy_queue, self.max_batch(model))
 
     def place(self, now: float, mine: set[str], catalog: dict[str, Any]) -> None:
         """One placement step: load what is assigned here (`mine`), unload what

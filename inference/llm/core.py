@@ -78,6 +78,7 @@ class EngineCore:
         self._prompt_tokens = 0
         self._generation_tokens = 0
         self._steps = 0
+        self._aborted = 0
 
     @classmethod
     def from_config(cls, config: ModelConfig, seed: int = 0) -> EngineCore:
@@ -159,6 +160,7 @@ class EngineCore:
         req = self._requests.pop(request_id, None)
         if req is None:
             return None
+        self._aborted += 1
         self.scheduler.finish(req.seq)
         return RequestOutput(request_id, (), "", True, FINISH_ABORT, self._usage(req))
 
@@ -230,6 +232,7 @@ class EngineCore:
             prompt_tokens=self._prompt_tokens,
             generation_tokens=self._generation_tokens,
             preemptions=c.preemptions,
+            aborted=self._aborted,
             steps=self._steps,
         )
 

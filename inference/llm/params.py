@@ -126,6 +126,7 @@ class EngineStats:
     prompt_tokens: int = 0  # counters since start
     generation_tokens: int = 0
     preemptions: int = 0
+    aborted: int = 0  # requests ended early (a client left, a caller cancelled)
     steps: int = 0
     tokens_per_s: float = 0.0  # prompt + generated, over the host's recent window
 

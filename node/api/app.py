@@ -14,6 +14,7 @@ from ..forward import Forwarder
 from .admin import Admin
 from .kserve import KServe
 from .observe import Observe, StateCollector
+from .openai import OpenAI
 from .proxy import Proxy
 from .server import serve_asgi
 from .ui import ui_routes
@@ -37,9 +38,11 @@ def build_app(daemon: Daemon) -> Starlette:
         ["outcome"],
         registry=registry,
     )
-    proxy = Proxy(daemon, Forwarder(daemon.config.request_timeout), routing, duration)
+    forwarder = Forwarder(daemon.config.request_timeout)
+    proxy = Proxy(daemon, forwarder, routing, duration)
     routes = [
         *KServe(daemon, proxy, duration).routes(),
+        *OpenAI(daemon, forwarder, registry).routes(),
         *Admin(daemon).routes(),
         *Observe(daemon, registry).routes(),
         *ui_routes(),  # GET /ui: the live cluster page (node/ui/)

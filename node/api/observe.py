@@ -42,6 +42,44 @@ class StateCollector:
                 running.add_metric([name], stats.in_flight)
         yield waiting
         yield running
+        # LLM engines, under vLLM's names so existing dashboards fit.
+        llm = {
+            "rumor:num_requests_running": "requests in the engine's running batch",
+            "rumor:num_requests_waiting": "requests waiting for the engine",
+            "rumor:kv_cache_usage_perc": "KV-cache blocks in use (0..1)",
+        }
+        gauges = {k: GaugeMetricFamily(k, doc, labels=["model_name"]) for k, doc in llm.items()}
+        queries = CounterMetricFamily(
+            "rumor:prefix_cache_queries", "prompt tokens looked up in the prefix cache",
+            labels=["model_name"],
+        )  # fmt: skip
+        hits = CounterMetricFamily(
+            "rumor:prefix_cache_hits", "prompt tokens found in the prefix cache",
+            labels=["model_name"],
+        )  # fmt: skip
+        tokens = {
+            "rumor:prompt_tokens": ("prompt tokens processed", "prompt_tokens"),
+            "rumor:generation_tokens": ("tokens generated", "generation_tokens"),
+            "rumor:request_aborts": ("requests ended early (the client left)", "aborted"),
+        }
+        counters = {
+            k: CounterMetricFamily(k, doc, labels=["model_name"]) for k, (doc, _) in tokens.items()
+        }
+        for name, status in sorted(d.inference.models().items()):
+            st = status.llm_stats
+            if st is None:
+                continue
+            gauges["rumor:num_requests_running"].add_metric([name], st.running)
+            gauges["rumor:num_requests_waiting"].add_metric([name], st.waiting)
+            gauges["rumor:kv_cache_usage_perc"].add_metric([name], st.kv_cache_usage)
+            queries.add_metric([name], st.prefix_cache_queries)
+            hits.add_metric([name], st.prefix_cache_hits)
+            for k, (_, field) in tokens.items():
+                counters[k].add_metric([name], getattr(st, field))
+        yield from gauges.values()
+        yield queries
+        yield hits
+        yield from counters.values()
         if d.gossip is None or d.gossip.node is None:
             return
         c = d.node.counters

@@ -218,7 +218,7 @@ async def serve_asgi(
     """Serve `app` on host:port until cancelled; `task_status` gets the bound address."""
     config = hypercorn_config(limits)
     table = table or ConnectionTable(limits)
-    wrapper = ASGIWrapper(tracked(app, table))  # type: ignore[arg-type]
+    wrapper = ASGIWrapper(tracked(app, table))
     context = WorkerContext(None)
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=256)
     sock = listeners[0].socket
