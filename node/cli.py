@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli = importlib.import_module("sim.cli")
     sim_cli.add_sim_parser(sub)
 
+    from .chat import add_chat_parser
     from .commands import add_node_parsers
 
     add_node_parsers(sub)
+    add_chat_parser(sub)
     return parser
 
 

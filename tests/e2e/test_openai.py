@@ -157,3 +157,31 @@ def _aborts(c: LocalCluster) -> float:
         if line.startswith('rumor:request_aborts_total{model_name="chat"}'):
             return float(line.split()[-1])
     raise AssertionError("no abort counter")
+
+
+def test_rumor_chat_streams_a_reply_and_keeps_a_conversation(cluster: LocalCluster) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "node.cli", "chat", "--http", cluster.http("n2"), MODEL]
+    one = subprocess.run(
+        [*cmd, "hello", "--max-tokens", "4", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.endswith("\n") and one.stdout.strip()
+    two = subprocess.run(
+        [*cmd, "--max-tokens", "3"],
+        input="first\nsecond\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("\n") >= 2  # a reply (and its newline) per message
+    bad = subprocess.run(
+        [*cmd, "x", "--max-tokens", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1 and "400" in bad.stderr
