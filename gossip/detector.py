@@ -67,7 +67,10 @@ class FailureDetection(NodeBase):
         n = max(1, len(self.table.live))
         scale = max(1.0, math.log10(n))
         lo, hi = c.suspicion_min * scale, c.suspicion_max * scale
-        k = c.suspicion_confirmations
+        # Confirmations can only come from members other than the suspect and
+        # its first accuser: a 3-node cluster can gather one, a 2-node none
+        # (memberlist likewise drops to the minimum when too few could confirm).
+        k = min(c.suspicion_confirmations, max(0, n - 2))
         confirmations = max(0, len(m.suspectors) - 1)
         frac = math.log(confirmations + 1) / math.log(k + 1) if k > 0 else 1.0
         timeout = max(lo, hi - (hi - lo) * min(1.0, frac))
