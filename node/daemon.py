@@ -221,9 +221,14 @@ class Daemon:
         }
         for name, status in sorted(self.inference.models().items()):
             models[name] = status.to_json()
-            if status.llm_stats is not None:
-                load["queue"] += status.llm_stats.waiting
-                load["in_flight"] += status.llm_stats.running
+            st = status.llm_stats
+            if st is not None:
+                load["queue"] += st.waiting
+                load["in_flight"] += st.running
+                # KV-cache use over this node's LLMs (the cluster page shows any
+                # X_used/X_total pair as a use bar).
+                load["kv_used"] = load.get("kv_used", 0) + st.kv_blocks_used
+                load["kv_total"] = load.get("kv_total", 0) + st.kv_blocks_total
             stats = self.inference.stats(name)
             if stats is not None:
                 load["queue"] += stats.queue
