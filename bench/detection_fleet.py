@@ -232,6 +232,26 @@ def fleet(
         c.stop()
 
 
+def bare(n: int, args: argparse.Namespace, tmp: Path, tcpdump: str) -> dict:
+    """rumor daemons that hold no model: the figure bench/serf_compare.py measures."""
+    rng = random.Random(args.seed * 1000 + n + 3)
+    c = RumorCluster(n, tmp / "bare")
+    c.work.mkdir()
+    try:
+        say(f"rumor N={n} bare: starting")
+        c.start(args.interval, args.fanout)
+        if not c.wait_converged(240):
+            raise RuntimeError(f"rumor N={n} bare did not converge")
+        out = measure(
+            c, set_tag=c.set_tag, tcpdump=tcpdump, idle_s=2, trials=0, rng=rng,
+            settle_s=args.settle, kills=min(3, n - 2),
+        )  # fmt: skip
+        out["system"] = "rumor bare"
+        return out
+    finally:
+        c.stop()
+
+
 def serf(n: int, args: argparse.Namespace, tmp: Path, serf_bin: str, tcpdump: str) -> dict:
     rng = random.Random(args.seed * 1000 + n + 7)
     s = SerfCluster(n, tmp / "serf")
@@ -283,30 +303,39 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"fleet{n}-") as tmp:
             row: dict[str, Any] = {"nodes": n}
             row["serf"] = serf(n, args, Path(tmp), serf_bin, tcpdump)
+            row["bare"] = bare(n, args, Path(tmp), tcpdump)
             row["idle"] = fleet(n, args, Path(tmp), tcpdump, wrk, loaded=False)
             row["loaded"] = fleet(n, args, Path(tmp), tcpdump, wrk, loaded=True)
-            s, i, ld = (detection(row[k]) for k in ("serf", "idle", "loaded"))
+            s, b, i, ld = (detection(row[k]) for k in ("serf", "bare", "idle", "loaded"))
             row["summary"] = {
                 "serf_s": s,
+                "bare_s": b,
+                "idle_over_bare": round(i / b, 3) if i and b else None,
                 "idle_s": i,
                 "loaded_s": ld,
                 "idle_over_serf": round(i / s, 3) if i and s else None,
                 "loaded_over_serf": round(ld / s, 3) if ld and s else None,
                 "loaded_over_idle": round(ld / i, 3) if ld and i else None,
-                "false_deaths": {k: row[k].get("false_deaths") for k in ("serf", "idle", "loaded")},
+                "false_deaths": {
+                    k: row[k].get("false_deaths") for k in ("serf", "bare", "idle", "loaded")
+                },
             }
             say(f"N={n}: {json.dumps(row['summary'])}")
             results.append(row)
     print(json.dumps({"results": results}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results}, indent=1))
-    print("| N | Serf | rumor, models, idle | rumor, models, loaded | idle/Serf | loaded/Serf |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| N | Serf | rumor, no model | rumor, models, idle | rumor, models, loaded "
+        "| idle/no model | loaded/idle | idle/Serf | loaded/Serf |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in results:
         s = row["summary"]
         print(
-            f"| {row['nodes']} | {s['serf_s']} | {s['idle_s']} | {s['loaded_s']} "
-            f"| {s['idle_over_serf']} | {s['loaded_over_serf']} |"
+            f"| {row['nodes']} | {s['serf_s']} | {s['bare_s']} | {s['idle_s']} | {s['loaded_s']} "
+            f"| {s['idle_over_bare']} | {s['loaded_over_idle']} | {s['idle_over_serf']} "
+            f"| {s['loaded_over_serf']} |"
         )
     return 0
 
