@@ -216,7 +216,8 @@ class KVEventSubscriber:
                 "were missed (no replay endpoint)")
             self._reset(f"KV events {first}..{seq - 1} {how}")
             tracker.expected = seq  # a new history, inexact, from here
-        elif seq == 0:  # the engine's first batch: its cache was empty before it
+        elif seq == 0 and (verdict == "restart" or tracker.expected is None):
+            # The engine's first batch: its cache was empty before it.
             if verdict == "restart":
                 self.stats.restarts += 1
             self._to_trio(self.state.clear)
@@ -278,6 +279,7 @@ class KVEventSubscriber:
                     # The buffer only ever loses its oldest batches: an empty one
                     # means the engine has published nothing, so holds nothing.
                     self._to_trio(self.state.clear)
+                    tracker.expected = 0
                 return
             if seq < 0 or (until is not None and seq >= until):
                 continue  # the live feed has the later ones

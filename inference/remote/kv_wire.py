@@ -128,7 +128,7 @@ def decode_event_batch(payload: bytes) -> EventBatch:
         raise KVEventDecodeError(f"not msgpack: {e}") from None
     fields = _fields(raw, _BATCH_FIELDS, "batch")
     ts = fields.get("ts")
-    if type(ts) not in (int, float):
+    if not isinstance(ts, int | float) or isinstance(ts, bool):
         raise KVEventDecodeError("batch ts is not a number")
     events_raw = fields.get("events")
     if not isinstance(events_raw, list):
@@ -146,6 +146,8 @@ def decode_event_batch(payload: bytes) -> EventBatch:
 
 
 def _decode_event(item: Any) -> KVEvent | None:
+    tag: Any
+    body: Any
     if isinstance(item, list):
         if not item or not isinstance(item[0], str):
             raise KVEventDecodeError("an event array without a tag")

@@ -156,7 +156,7 @@ async def test_a_stream_that_hangs_midway_fails_after_the_deadline() -> None:
     async with fake_and_engine(settings, spec="timeout_s=0.3") as (_fake, engine):
         resp = await engine.send("/v1/completions", {"prompt": "x", "stream": True})
         got = []
-        with pytest.raises(EngineStreamError, match="nothing for 0.3 s"):
+        with pytest.raises(EngineStreamError, match=r"nothing for 0\.3 s"):
             async for chunk in resp.aiter_bytes():
                 got.append(chunk)
         assert len(got) == 2 and resp.started  # too late to retry elsewhere
