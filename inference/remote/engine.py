@@ -267,10 +267,11 @@ class RemoteEngine:
             self._ready_event.set()
         else:
             log.warning("engine %s (%s) is not ready: %s", self.name, self.url.base_url, why)
-            self._ready_event = trio.Event()
-            self._proxy_http.close_idle()
-            if self.subscriber is not None and old.ready:
-                self.subscriber.engine_down(f"the engine is not ready: {why}")
+            if old.ready:  # (a new reason while not ready must keep the waiters' event)
+                self._ready_event = trio.Event()
+                self._proxy_http.close_idle()
+                if self.subscriber is not None:
+                    self.subscriber.engine_down(f"the engine is not ready: {why}")
         if self._on_change is not None:
             self._on_change(self._health)
 

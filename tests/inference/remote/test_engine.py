@@ -72,6 +72,21 @@ async def test_a_hang_is_noticed_within_two_probe_intervals() -> None:
         await _wait_until(lambda: engine.ready)
 
 
+async def test_waiters_wake_when_the_reason_changed_before_ready() -> None:
+    """Starting engines fail in several ways before they are ready (refused, 503,
+    the served name not listed yet): a waiter must still wake when they pass."""
+    settings = FakeSettings(served_names=("served",), health="503")
+    async with fake_and_engine(settings, wait=False) as (fake, engine):
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(engine.wait_ready)  # must return: the nursery waits for it
+                await _wait_until(lambda: "503" in engine.health.reason)
+                fake.settings.health = "ok"
+                fake.settings.served_names = ("not-yet",)
+                await _wait_until(lambda: "served_name" in engine.health.reason)
+                fake.settings.served_names = ("served",)
+
+
 async def test_503_health_is_not_ready() -> None:
     async with fake_and_engine() as (fake, engine):
         fake.settings.health = "503"
