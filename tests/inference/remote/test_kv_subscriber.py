@@ -187,3 +187,27 @@ async def test_garbage_never_stops_the_subscriber(publisher: FakeKVPublisher) ->
         assert not state.exact and len(state) == 0  # its events are unknown: reset
         publisher.publish([stored([3000], None, TOKENS[:BS], BS)])
         await until(lambda: len(state) == 1)  # and it goes on
+
+
+async def test_engine_up_catches_up_an_idle_engine(publisher: FakeKVPublisher) -> None:
+    """An engine that was not up at subscribe time and then publishes nothing:
+    engine_up() asks its (empty) replay buffer, which proves an empty cache."""
+    state = RemotePrefixState(BS, salt="m")
+    dead = FakeKVPublisher()
+    endpoint, replay = dead.endpoint, dead.replay_endpoint
+    dead.close()  # nobody answers the first catch-up
+    sub = KVEventSubscriber(state, endpoint, replay, "kv-events", replay_timeout=0.2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sub.run)
+        await until(lambda: sub.stats.replays == 1)
+        await trio.sleep(0.3)  # the first catch-up timed out
+        assert not state.exact
+        port = int(replay.rsplit(":", 1)[1])
+        back = FakeKVPublisher(port=int(endpoint.rsplit(":", 1)[1]), replay_port=port)
+        try:
+            sub.engine_up()
+            await until(lambda: state.exact)
+            assert sub.stats.replays == 2
+        finally:
+            nursery.cancel_scope.cancel()
+            back.close()
