@@ -99,7 +99,7 @@ async def exercise(port: int, kv_port: int, proc: subprocess.Popen) -> dict[str,
         assert engine.prefix_state is not None
 
         ids = list(range(100, 100 + 5 * BLOCK + 7))  # five full blocks and a tail
-        body = {"prompt": ids, "max_tokens": 8, "temperature": 0, "stream": True,
+        body = {"prompt": ids, "max_tokens": 8, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
         resp = await engine.send("/v1/completions", body)
         arrivals, chunks = [], []
@@ -120,11 +120,16 @@ async def exercise(port: int, kv_port: int, proc: subprocess.Popen) -> dict[str,
                                             & set(want)) == sorted(want)
         out["prefix_state"] = engine.info.prefix
 
-        resp = await engine.send("/v1/completions", {**body, "stream": False})
-        await resp.read()
-        with trio.fail_after(30):  # vLLM's counters follow its stats logger
-            while (stats := await engine.stats()).prompt_tokens < 2 * len(ids):
+        # The same prompt again, not streamed (vLLM refuses stream_options without stream).
+        repeat = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        resp = await engine.send("/v1/completions", repeat)
+        answer = json.loads(await resp.read())
+        out["repeat_status"] = resp.status
+        out["repeat_model"] = answer.get("model")
+        with trio.move_on_after(30):  # vLLM's counters follow its stats logger
+            while (await engine.stats()).prefix_cache_queries < 2 * len(ids):
                 await trio.sleep(0.1)
+        stats = await engine.stats()
         out["stats_after_repeat"] = stats.to_wire()
         out["load_problems"] = list(engine.load_problems)
 
@@ -138,6 +143,27 @@ async def exercise(port: int, kv_port: int, proc: subprocess.Popen) -> dict[str,
             while (await engine.stats()).running:
                 await trio.sleep(0.05)
         out["running_after_cancel"] = (await engine.stats()).running
+
+        # Hang: SIGSTOP the server's process group (a wedged engine), then SIGCONT.
+        stopped = time.monotonic()
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(10):
+                while engine.ready:
+                    await trio.sleep(0.01)
+            out["not_ready_after_stop_s"] = round(time.monotonic() - stopped, 3)
+            out["hang_reason"] = engine.health.reason
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        with trio.fail_after(30):
+            await engine.wait_ready()
+        out["ready_after_cont_s"] = round(time.monotonic() - resumed, 3)
+        with trio.fail_after(10):
+            while engine.info.prefix != "exact":  # caught up from the replay buffer
+                await trio.sleep(0.05)
+        out["prefix_after_cont"] = engine.info.prefix
+        out["prefix_blocks_after_cont"] = len(await engine.cached_block_hashes())
 
         # Death: SIGKILL the server's whole process group mid-stream.
         resp = await engine.send("/v1/completions", {"prompt": ids, "max_tokens": 400,

@@ -126,7 +126,10 @@ class KVEventSubscriber:
     async def run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         try:
-            await trio.to_thread.run_sync(self._thread_main, abandon_on_cancel=True)
+            # Its own limiter: this thread lives as long as the subscriber and must
+            # not hold one of the 40 tokens of trio's default limiter.
+            await trio.to_thread.run_sync(self._thread_main, abandon_on_cancel=True,
+                                          limiter=trio.CapacityLimiter(1))
         finally:
             self._stop.set()
 

@@ -222,3 +222,16 @@ async def test_unreachable_engine_is_never_ready() -> None:
         assert not engine.ready and engine.health.reason
         with pytest.raises(EngineUnavailable):
             await engine.send("/v1/completions", {"prompt": "x"})
+
+
+async def test_tokenizer_option_loads_the_engines_tokenizer(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from inference.llm.tokenizer import builtin_tokenizer
+
+    directory = Path(str(tmp_path))
+    (directory / "tokenizer.json").write_text(builtin_tokenizer().tokenizer.to_str())
+    async with fake_and_engine(spec=f"tokenizer={directory}") as (_fake, engine):
+        assert engine.tokenizer is not None
+        assert engine.tokenizer.encode("hello", add_special_tokens=False) == \
+            builtin_tokenizer().encode("hello", add_special_tokens=False)
