@@ -102,6 +102,11 @@ class FakeEngine:
             task_status.started(self.port)
             await trio.serve_listeners(self._handle, self._listeners)
 
+    def drop_connections(self) -> None:
+        """Close every open connection but keep listening (a keep-alive timeout)."""
+        for stream in list(self._streams):
+            stream.socket.close()
+
     def die(self) -> None:
         """Stop at once, as a killed process: no more answers, every connection reset."""
         for listener in self._listeners:

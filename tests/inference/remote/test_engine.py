@@ -127,6 +127,35 @@ async def test_non_streamed_answer_and_connection_reuse() -> None:
         await _wait_until(lambda: fake.counters.completed == 3)
 
 
+async def test_a_pooled_connection_the_engine_closed_is_not_used() -> None:
+    async with fake_and_engine() as (fake, engine):
+        resp = await engine.send("/v1/completions", {"prompt": "x"})
+        await resp.read()
+        fake.drop_connections()  # as uvicorn does after its keep-alive timeout
+        await trio.sleep(0.05)
+        resp = await engine.send("/v1/completions", {"prompt": "x"})
+        assert resp.status == 200 and json.loads(await resp.read())["model"] == "m"
+        assert engine._proxy_http.stats.dials == 2 and engine._proxy_http.stats.reuses == 0
+
+
+async def test_a_closed_pooled_connection_is_retried_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race the peek cannot see (closed between the peek and the send): the
+    engine answered nothing, so the request is sent again on a fresh connection."""
+    from inference.remote import http
+
+    async with fake_and_engine() as (fake, engine):
+        resp = await engine.send("/v1/completions", {"prompt": "x"})
+        await resp.read()
+        fake.drop_connections()
+        await trio.sleep(0.05)
+        monkeypatch.setattr(http._Conn, "peer_closed", lambda self: False)
+        resp = await engine.send("/v1/completions", {"prompt": "x"})
+        assert resp.status == 200 and json.loads(await resp.read())["model"] == "m"
+        assert engine._proxy_http.stats.stale_retries == 1
+
+
 async def test_cancelling_closes_the_upstream_connection() -> None:
     settings = FakeSettings(served_names=("served",), itl_s=0.05)
     async with fake_and_engine(settings) as (fake, engine):
