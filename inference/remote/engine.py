@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: The OpenAI endpoints `send()` forwards (POST).
 PROXY_PATHS = ("/v1/completions", "/v1/chat/completions")
+#: Request headers of the caller never passed to the engine.
+_NOT_FORWARDED = frozenset({"content-type", "accept-encoding", "content-encoding"})
 #: How often /v1/models is asked while the engine is ready (it changes only
 #: when the engine restarts, which the health probe notices first).
 MODELS_EVERY_S = 5.0
@@ -193,7 +195,11 @@ class RemoteEngine:
         data = rewrite_request(body, self.served_name)
         if not self._health.ready:
             raise EngineUnavailable(f"{self.name} is not ready: {self._health.reason}")
-        fields = [("content-type", "application/json"), *(headers or ())]
+        # The body is JSON we wrote; the answer must come uncompressed for the name
+        # mapping (and the server in front does its own content coding).
+        fields = [("content-type", "application/json")] + [
+            (k, v) for k, v in headers or () if k.lower() not in _NOT_FORWARDED
+        ]
         transform = flush = None
         if self.served_name != self.name:
             rewriter = ModelNameRewriter(self.served_name, self.name)

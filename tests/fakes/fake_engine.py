@@ -77,6 +77,7 @@ class FakeCounters:
     prefix_queries: int = 0
     prefix_hits: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 class FakeEngine:
@@ -154,6 +155,8 @@ class FakeEngine:
             await _send(conn, stream, 200, self._metrics().encode(),
                         "text/plain; version=0.0.4; charset=utf-8")
         elif path in ("/v1/completions", "/v1/chat/completions") and method == "POST":
+            self.counters.headers.append({k.decode().lower(): v.decode()
+                                          for k, v in request.headers})
             await self._inference(conn, stream, path, body)
         elif path == "/fake/control" and method == "POST":
             for key, value in json.loads(body).items():
@@ -164,6 +167,7 @@ class FakeEngine:
         elif path == "/fake/state" and method == "GET":
             state = dataclasses.asdict(self.counters)
             state.pop("bodies")
+            state.pop("headers")
             await _send_json(conn, stream, 200, state)
         else:
             await _error(conn, stream, 404, f"no route {method} {path}", "NotFoundError")

@@ -183,6 +183,18 @@ async def test_leaving_the_iteration_early_closes_it_too() -> None:
         await _wait_until(lambda: fake.counters.disconnects == 1)
 
 
+async def test_headers_pass_except_content_coding() -> None:
+    async with fake_and_engine() as (fake, engine):
+        resp = await engine.send("/v1/completions", {"prompt": "x"}, headers=[
+            ("X-Request-Id", "abc"), ("Accept-Encoding", "gzip"), ("Connection", "close"),
+            ("Content-Type", "text/plain"), ("Authorization", "Bearer k")])
+        await resp.read()
+        seen = fake.counters.headers[-1]
+        assert seen["x-request-id"] == "abc" and seen["authorization"] == "Bearer k"
+        assert seen["content-type"] == "application/json"
+        assert "accept-encoding" not in seen and "connection" not in seen
+
+
 async def test_engine_errors_pass_through() -> None:
     async with fake_and_engine() as (fake, engine):
         fake.settings.fail_status = 500
