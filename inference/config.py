@@ -9,6 +9,13 @@ random-weight Llama of a named `size`) or `hf:/path` (a Hugging Face-style
 directory on disk). Its serving options (KV cache, context, batch) are the
 fields after `cuda_graphs`; they are refused on the other formats.
 
+An engine that runs beside the daemon (vLLM, SGLang or any OpenAI-compatible
+server) is format "remote", source `KIND+http://HOST:PORT[/PREFIX]` with KIND
+one of `vllm`, `sglang`, `openai` (`inference/remote/`, docs/ENGINES.md). Its
+options are the fields after `cpu_threads`, plus `block_size` (the engine's
+`--block-size`) and `timeout_s` (the longest silence from the engine while a
+request is open).
+
 Every invalid field raises `ConfigError` naming it.
 """
 
@@ -21,7 +28,18 @@ from typing import Any
 
 from .errors import ConfigError
 
-FORMATS = ("builtin", "torchscript", "export", "state_dict", "llm")
+FORMATS = ("builtin", "torchscript", "export", "state_dict", "llm", "remote")
+#: Remote engine kinds and their default (health, metrics) paths; "none" = not probed.
+#: vLLM and SGLang both serve GET /health (200 when the engine is alive) and
+#: Prometheus text at /metrics; a generic OpenAI server is judged by /v1/models alone.
+REMOTE_KINDS = {
+    "vllm": ("/health", "/metrics"),
+    "sglang": ("/health", "/metrics"),
+    "openai": ("none", "none"),
+}
+#: Kinds whose KV-cache events rumor can subscribe to (vLLM's ZMQ publisher;
+#: SGLang's is a port of it with the same framing).
+KV_EVENT_KINDS = ("vllm", "sglang")
 LLM_SIZES = ("tiny", "small", "medium")  # inference/llm/model.py BUILTIN_SIZES
 #: The KV pool when neither kv_cache_bytes nor kv_cache_fraction is set.
 DEFAULT_KV_CACHE_BYTES = 256 * 2**20
@@ -71,6 +89,32 @@ class ModelConfig:
     # core). On a CPU shared with other work, 1 avoids OpenMP threads spinning
     # against each other (measured 8x slower matmuls at 2 threads under load).
     cpu_threads: int = 0
+    # -- remote engine options (format "remote" only) --
+    # The engine's own name for the model (vLLM --served-model-name, SGLang
+    # --served-model-name) when it differs from `name`; "" = `name`. Requests are
+    # rewritten to it and answers mapped back to `name`.
+    served_name: str = ""
+    # Readiness: GET this path must answer 200 ("" = the kind's default, /health
+    # for vllm and sglang; "none" = judge by GET /v1/models alone).
+    health_path: str = ""
+    # Load: Prometheus text scraped from this path ("" = /metrics for vllm and
+    # sglang; "none" = no scrape, load falls back to the daemon's in-flight count).
+    metrics_path: str = ""
+    # Deadline of one probe in seconds; 0 = the probe interval (the daemon's
+    # gossip interval), so a hung engine is marked not ready within two intervals.
+    # A larger value tolerates a slow /health at the cost of slower detection.
+    probe_timeout_s: float = 0.0
+    # vLLM's KV-events publisher to subscribe to, e.g. tcp://127.0.0.1:5557 (the
+    # engine binds tcp://*:5557); "" = no prefix state from the engine.
+    kv_events: str = ""
+    # Its replay endpoint (vLLM's `replay_endpoint`, a ROUTER socket) used to fill
+    # sequence gaps; "" = a gap clears the prefix state and marks it incomplete.
+    kv_events_replay: str = ""
+    # The publisher's topic (vLLM's `topic`); "" = every topic.
+    kv_events_topic: str = ""
+    # A local Hugging Face directory with the engine's tokenizer.json, for
+    # routers that hash prompts into prefix blocks; "" = none.
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -108,6 +152,7 @@ class ModelConfig:
         if not isinstance(self.warmup, bool):
             raise ConfigError("warmup", "must be true or false")
         _validate_llm_options(self)
+        _validate_remote_options(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -168,6 +213,8 @@ class ModelConfig:
 def infer_format(source: str, factory: str = "") -> str:
     if source == "builtin:llm" or source.startswith("hf:"):
         return "llm"
+    if source.partition("+")[0] in REMOTE_KINDS and "://" in source:
+        return "remote"
     if source.startswith("builtin:"):
         return "builtin"
     if factory:
@@ -195,8 +242,12 @@ _LLM_DEFAULTS = {
 def _validate_llm_options(c: ModelConfig) -> None:
     if c.format != "llm":
         for key, default in _LLM_DEFAULTS.items():
+            if c.format == "remote" and key == "block_size":
+                continue  # the engine's --block-size: remote prefix hashing needs it
             if getattr(c, key) != default:
                 raise ConfigError(key, "applies only to LLM sources (builtin:llm, hf:PATH)")
+        if c.format == "remote":
+            _positive_int("block_size", c.block_size)
         return
     if c.source == "builtin:llm":
         object.__setattr__(c, "size", c.size or "small")
@@ -226,6 +277,106 @@ def _validate_llm_options(c: ModelConfig) -> None:
         raise ConfigError(
             "max_num_batched_tokens", "must be >= max_num_seqs (every running sequence decodes)"
         )
+
+
+_REMOTE_DEFAULTS = {
+    "served_name": "",
+    "health_path": "",
+    "metrics_path": "",
+    "probe_timeout_s": 0.0,
+    "kv_events": "",
+    "kv_events_replay": "",
+    "kv_events_topic": "",
+    "tokenizer": "",
+}
+_SOURCE_RE = re.compile(
+    r"^(?P<kind>[a-z]+)\+(?P<scheme>[a-z]+)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[^?#\s]*)?$"
+)
+_ZMQ_RE = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}|ipc://\S+)$")
+
+
+@dataclass(frozen=True)
+class EngineURL:
+    """Where a remote engine listens: `KIND+http://HOST:PORT[/PREFIX]`."""
+
+    kind: str  # vllm, sglang or openai
+    host: str  # without IPv6 brackets
+    port: int
+    prefix: str  # "" or a path without a trailing "/", put before /v1/...
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.hostport}{self.prefix}"
+
+
+def parse_engine_url(source: str) -> EngineURL:
+    """Parse a remote source; ConfigError("source", ...) names what is wrong."""
+    m = _SOURCE_RE.match(source)
+    kinds = ", ".join(f"{k}+http://HOST:PORT" for k in REMOTE_KINDS)
+    if m is None:
+        raise ConfigError("source", f"{source!r} is not one of {kinds}")
+    if m["kind"] not in REMOTE_KINDS:
+        raise ConfigError("source", f"engine kind {m['kind']!r} is not one of {kinds}")
+    if m["scheme"] != "http":
+        raise ConfigError(
+            "source", f"{m['scheme']}:// is not supported: the engine runs beside the daemon, "
+            "so rumor speaks plain http to it (bind the engine to 127.0.0.1)"
+        )
+    if m["port"] is None:
+        raise ConfigError("source", f"{source!r} needs a port, e.g. {m['kind']}+http://127.0.0.1:8000")
+    port = int(m["port"])
+    if not 0 < port < 65536:
+        raise ConfigError("source", f"port {port} is out of range")
+    return EngineURL(m["kind"], m["host"].strip("[]"), port, (m["path"] or "").rstrip("/"))
+
+
+def _validate_remote_options(c: ModelConfig) -> None:
+    if c.format != "remote":
+        for key, default in _REMOTE_DEFAULTS.items():
+            if getattr(c, key) != default:
+                raise ConfigError(key, "applies only to remote engines (vllm+http://...)")
+        return
+    url = parse_engine_url(c.source)
+    for key in ("served_name", "health_path", "metrics_path", "kv_events", "kv_events_replay",
+                "kv_events_topic", "tokenizer"):
+        if not isinstance(getattr(c, key), str):
+            raise ConfigError(key, "must be a string")
+    if len(c.served_name) > 256 or any(ord(ch) < 32 or ch == "\x7f" for ch in c.served_name):
+        raise ConfigError("served_name", "must be at most 256 printable characters")
+    object.__setattr__(c, "served_name", c.served_name or c.name)
+    health_default, metrics_default = REMOTE_KINDS[url.kind]
+    for key, default in (("health_path", health_default), ("metrics_path", metrics_default)):
+        value = getattr(c, key) or default
+        if value != "none" and (not value.startswith("/") or any(ch in value for ch in " ?#")):
+            raise ConfigError(key, f"{value!r} must be a path like /health, or none")
+        object.__setattr__(c, key, value)
+    if not _is_number(c.probe_timeout_s) or c.probe_timeout_s < 0:
+        raise ConfigError("probe_timeout_s", "must be a number >= 0 (0 = the probe interval)")
+    for key in ("kv_events", "kv_events_replay"):
+        value = getattr(c, key)
+        if not value:
+            continue
+        if url.kind not in KV_EVENT_KINDS:
+            raise ConfigError(
+                key, f"{url.kind}+ engines publish no KV events (use vllm+ or sglang+)"
+            )
+        if "*" in value:
+            raise ConfigError(
+                key, f"{value!r} is a bind address; rumor connects to the engine: "
+                "use its host, e.g. tcp://127.0.0.1:5557"
+            )
+        if not _ZMQ_RE.match(value):
+            raise ConfigError(key, f"{value!r} is not tcp://HOST:PORT or ipc://PATH")
+    if c.kv_events_replay and not c.kv_events:
+        raise ConfigError("kv_events_replay", "needs kv_events (the publisher) too")
+    if c.kv_events_topic and not c.kv_events:
+        raise ConfigError("kv_events_topic", "needs kv_events (the publisher) too")
 
 
 def _positive_int(name: str, v: object) -> None:
