@@ -89,6 +89,14 @@ def add_node_parsers(sub: Any) -> None:
         default="mlp=builtin:mlp,transformer=builtin:transformer",
         help="built-in models spread over the nodes (comma-separated NAME=SOURCE)",
     )
+    up.add_argument(
+        "--engine",
+        metavar="NAME=KIND+http://HOST:PORT[,k=v...]",
+        action="append",
+        default=[],
+        help="an engine you already run (vllm+http://, sglang+http://, openai+http://), "
+        "fronted by a daemon of its own (repeatable; docs/ENGINES.md)",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="the cluster as one node sees it")
@@ -236,12 +244,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     # ignored, and Ctrl-C (or SIGTERM) must still stop the whole cluster.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    models = [m for m in args.models.split(",") if m]
+    models = [m for m in args.models.split(",") if m] if not args.engine else []
+    nodes = max(args.nodes, len(args.engine))
     procs = []
     try:
         first = None
-        for i in range(args.nodes):
-            mine = [models[j] for j in range(len(models)) if j % args.nodes == i]
+        for i in range(nodes):
+            mine = [models[j] for j in range(len(models)) if j % nodes == i]
+            if i < len(args.engine):  # one daemon beside each engine
+                mine.append(args.engine[i])
             proc, bound = spawn_node(f"node{i}", [first] if first else [], mine)
             first = first or bound["gossip"]
             procs.append(proc)

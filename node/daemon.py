@@ -62,7 +62,7 @@ class Daemon:
         self.store = NodeStore(config.data_dir)
         self.generation = next_generation(self.store.generation(), time.time())
         self.store.save_generation(self.generation)
-        self.inference = InferenceService()
+        self.inference = InferenceService(remote_probe_interval=config.interval)
         self.gossip: GossipRuntime | None = None
         self.http_addr: tuple[str, int] | None = None
         self.device = device_info()

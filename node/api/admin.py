@@ -105,6 +105,13 @@ class Admin:
             return error(e.status, e.message, new_trace(), e.headers)
         except (ConfigError, TypeError, ValueError) as e:
             return error(400, f"invalid model spec: {e}", new_trace())
+        if mc.format == "remote":
+            return error(
+                400,
+                "an engine the operator runs (vllm+http:// and the like) is fronted by "
+                "the node beside it: give it to that node with --model, not to the catalog",
+                new_trace(),
+            )
         try:
             held = self.daemon.operator.put(mc.name, spec, trio.current_time())
         except ClockUnhealthy as e:

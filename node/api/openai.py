@@ -44,6 +44,7 @@ from .openai_schema import (
 if TYPE_CHECKING:
     from inference.llm.client import LLMClient
     from inference.llm.params import RequestOutput
+    from inference.service import ModelStatus
 
     from ..daemon import Daemon
     from ..forward import Forwarder
@@ -148,7 +149,7 @@ class OpenAI:
                 raise _unavailable(f"model {m!r} is not ready on {d.name}")
             if d.models.busy(m) and not final_hop:
                 raise _busy(d.name, m)
-            return await self._serve_local(req, trace, request)
+            return await self._serve_local(req, body, path, trace, request)
         tries = Tries(1 + d.config.forward_retries)
         last: OpenAIError | None = None
 
@@ -162,7 +163,7 @@ class OpenAI:
                     tries.busy()
                     continue
                 try:
-                    resp = await self._serve_local(req, trace, request)
+                    resp = await self._serve_local(req, body, path, trace, request)
                 except OpenAIError as e:
                     if e.status != 503:
                         raise  # the client's mistake: the same everywhere
@@ -225,8 +226,13 @@ class OpenAI:
 
     # -- serving here ------------------------------------------------------------
 
-    async def _serve_local(self, req: GenerationRequest, trace: str, request: Request) -> Response:
+    async def _serve_local(
+        self, req: GenerationRequest, body: bytes, path: str, trace: str, request: Request
+    ) -> Response:
         d = self.daemon
+        status = d.inference.status(req.model)
+        if status is not None and status.remote is not None:
+            return await self._serve_remote(status, body, path, trace)
         try:
             llm = d.inference.llm(req.model)
         except ModelNotReady as e:
@@ -271,8 +277,49 @@ class OpenAI:
         self.e2e.labels(req.model).observe(time.perf_counter() - t0)
         u = out.usage
         usage = usage_json(u.prompt_tokens, u.completion_tokens, u.cached_tokens) if u else {}
-        body = completion_json(req, rid, created, "".join(text), out.finish_reason, usage)
-        return JSONResponse(body, headers=headers)
+        answer = completion_json(req, rid, created, "".join(text), out.finish_reason, usage)
+        return JSONResponse(answer, headers=headers)
+
+    async def _serve_remote(
+        self, status: ModelStatus, body: bytes, path: str, trace: str
+    ) -> Response:
+        """Pass the request to the engine this node fronts (vLLM, SGLang...):
+        its answer comes back chunk by chunk; an engine that cannot take it
+        before answering anything is a 503, so the router tries elsewhere."""
+        from inference.remote import EngineStreamError, EngineUnavailable
+
+        engine = status.remote
+        if engine is None or not engine.ready:
+            raise _unavailable(f"the engine behind {status.config.name!r} is not ready")
+        status.in_flight += 1
+        try:
+            resp = await engine.send(path, body)
+        except EngineUnavailable as e:
+            status.in_flight -= 1
+            raise _unavailable(f"the engine is unavailable: {e}") from None
+        except InvalidInput as e:
+            status.in_flight -= 1
+            raise OpenAIError(400, str(e)) from None
+        if resp.status >= 500:
+            detail = (await resp.read(4096)).decode(errors="replace")
+            resp.close()
+            status.in_flight -= 1
+            raise _unavailable(f"the engine answered {resp.status}: {detail[:200]}")
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.aiter_bytes():
+                    yield chunk
+            except EngineStreamError as e:
+                yield sse({"error": {"message": f"the engine broke off: {e}"}})
+            finally:
+                resp.close()  # a client that left stops the engine's generation
+                status.in_flight -= 1
+
+        headers = {SERVED_BY: self.daemon.name, TRACE: trace, "cache-control": "no-cache"}
+        return StreamingResponse(
+            relay(), status_code=resp.status, headers=headers, media_type=resp.content_type
+        )
 
     async def _stream(
         self,
