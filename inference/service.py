@@ -83,16 +83,7 @@ class ModelStatus:
             out["hash_salt"] = info.hash_salt
             out["max_model_len"] = info.max_model_len
             out["max_batch"] = self.config.max_num_seqs
-            st = self.llm_stats
-            if st is not None:
-                out["running"] = st.running
-                out["waiting"] = st.waiting
-                out["kv_used"] = st.kv_blocks_used
-                out["kv_total"] = st.kv_blocks_total
-                out["prefix_queries"] = st.prefix_cache_queries
-                out["prefix_hits"] = st.prefix_cache_hits
-                # Coarse, so that noise does not rewrite the record every tick.
-                out["tokens_per_s"] = round(st.tokens_per_s, -1)
+            out.update(self._load_fields())
         elif self.remote is not None:
             info = self.remote.info
             out["kind"] = "llm"
@@ -103,17 +94,26 @@ class ModelStatus:
             out["prefix"] = info.prefix
             if info.max_model_len:
                 out["max_model_len"] = info.max_model_len
-            st = self.llm_stats
-            if st is not None:
-                out["running"] = st.running
-                out["waiting"] = st.waiting
-                out["kv_used"] = st.kv_blocks_used
-                out["kv_total"] = st.kv_blocks_total
-                out["prefix_queries"] = st.prefix_cache_queries
-                out["prefix_hits"] = st.prefix_cache_hits
+            out.update(self._load_fields())
         elif self.is_llm:
             out["kind"] = "llm"
         return out
+
+    def _load_fields(self) -> dict[str, Any]:
+        """An LLM engine's latest load, as its record entry carries it."""
+        st = self.llm_stats
+        if st is None:
+            return {}
+        return {
+            "running": st.running,
+            "waiting": st.waiting,
+            "kv_used": st.kv_blocks_used,
+            "kv_total": st.kv_blocks_total,
+            "prefix_queries": st.prefix_cache_queries,
+            "prefix_hits": st.prefix_cache_hits,
+            # Coarse, so that noise does not rewrite the record every tick.
+            "tokens_per_s": round(st.tokens_per_s, -1),
+        }
 
 
 class InferenceService:
