@@ -39,10 +39,10 @@ def build_app(daemon: Daemon) -> Starlette:
         registry=registry,
     )
     forwarder = Forwarder(daemon.config.request_timeout)
-    proxy = Proxy(daemon, forwarder, routing, duration)
+    proxy = Proxy(daemon, forwarder, routing)
     routes = [
         *KServe(daemon, proxy, duration).routes(),
-        *OpenAI(daemon, forwarder, registry).routes(),
+        *OpenAI(daemon, proxy, registry).routes(),
         *Admin(daemon).routes(),
         *Observe(daemon, registry).routes(),
         *ui_routes(),  # GET /ui: the live cluster page (node/ui/)

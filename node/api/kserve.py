@@ -9,6 +9,7 @@ import logging
 import math
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,7 +27,19 @@ from inference.errors import (
     RequestTimeout,
 )
 
-from .common import FINAL, FORWARDED, SERVED_BY, TRACE, HTTPError, error, read_body, trace_of
+from ..forward import ForwardError, Upstream
+from .common import (
+    BUSY,
+    FINAL,
+    FORWARDED,
+    PASSED_HEADERS,
+    SERVED_BY,
+    TRACE,
+    HTTPError,
+    error,
+    read_body,
+    trace_of,
+)
 from .proxy import Proxy
 
 if TYPE_CHECKING:
@@ -50,9 +63,53 @@ DTYPES = {
     "UINT8": "uint8",
     "BOOL": "bool",
 }
+#: A replica's answer read at most this large.
+MAX_ANSWER = 64 << 20
 #: Bounds on a tensor: dimensions, and each dimension's size.
 MAX_DIMS = 32
 MAX_DIM = 2**31 - 1
+
+
+class KServeAnswers:
+    """The KServe dialect of node.api.proxy: JSON `{"error": ...}` answers,
+    and a replica's answer read whole and passed on with its headers."""
+
+    def __init__(self, duration: Histogram, model: str, t0: float) -> None:
+        self.duration, self.model, self.t0 = duration, model, t0
+
+    def busy(self, node: str, model: str, trace: str) -> Response:
+        return error(
+            503,
+            f"{node} is busy with {model!r} (queue at its bound)",
+            trace,
+            {"Retry-After": "0", BUSY: "1"},
+        )
+
+    def unavailable(self, message: str, trace: str) -> Response:
+        return error(503, message, trace, {"Retry-After": "1"})
+
+    def not_found(self, model: str, trace: str) -> Response:
+        return error(404, f"model {model!r} is not known to this cluster", trace)
+
+    def from_peer(self, up: Upstream, body: bytes) -> Response:
+        passed = {k: v for k, v in up.headers.items() if k in PASSED_HEADERS}
+        return Response(body, status_code=up.status, headers=passed)
+
+    async def relay(self, up: Upstream, target: str, done: Callable[[], None]) -> Response:
+        try:
+            chunks, size = [], 0
+            async for chunk in up.chunks():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    await up.aclose()
+                    return error(502, f"{target} answered more than {MAX_ANSWER} bytes", "")
+        except ForwardError as e:
+            return error(502, f"{target} broke off its answer: {e}", "")
+        finally:
+            done()
+        self.duration.labels(self.model, "forwarded").observe(time.perf_counter() - self.t0)
+        return self.from_peer(up, b"".join(chunks))
 
 
 class KServe:
@@ -102,10 +159,10 @@ class KServe:
                 r = await self.client.get(
                     f"http://{http}/v2/models/{m}", headers={FORWARDED: "1", TRACE: trace}
                 )
-                body = r.json() if r.status_code == 200 else None
-                if isinstance(body, dict):  # a replica's answer is data, not trusted
-                    body["ready_replicas"] = replicas
-                    return JSONResponse(body, headers={TRACE: trace})
+                meta = r.json() if r.status_code == 200 else None
+                if isinstance(meta, dict):  # a replica's answer is data, not trusted
+                    meta["ready_replicas"] = replicas
+                    return JSONResponse(meta, headers={TRACE: trace})
             except (httpx.HTTPError, ValueError):
                 pass
         return JSONResponse(
@@ -139,6 +196,7 @@ class KServe:
         try:
             with scope:
                 response = await self.proxy.route(
+                    KServeAnswers(self.duration, m, t0),
                     m,
                     f"/v2/models/{urllib.parse.quote(m, safe='')}/infer",
                     body,
@@ -146,7 +204,6 @@ class KServe:
                     forwarded,
                     request.headers.get(FINAL) == "1",
                     functools.partial(self._serve_local, m, body, trace, t0),
-                    functools.partial(d.known_model, m),
                 )
             if response is None:
                 response = error(

@@ -115,8 +115,8 @@ class StateCollector:
         counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
         for m in d.node.members.values():
             counts[m.status.name.lower()] += 1
-        for status, n in counts.items():
-            members.add_metric([status], n)
+        for state, n in counts.items():
+            members.add_metric([state], n)
         yield members
 
 

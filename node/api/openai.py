@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,7 +26,6 @@ from starlette.routing import Route
 
 from inference.errors import EngineDeadError, InvalidInput, ModelNotReady
 
-from ..cluster.tries import Tries
 from ..forward import ForwardError, Upstream
 from .common import BUSY, FINAL, FORWARDED, SERVED_BY, TRACE, HTTPError, read_body, trace_of
 from .openai_schema import (
@@ -40,6 +39,7 @@ from .openai_schema import (
     usage_chunk_json,
     usage_json,
 )
+from .proxy import Proxy
 
 if TYPE_CHECKING:
     from inference.llm.client import LLMClient
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from inference.service import ModelStatus
 
     from ..daemon import Daemon
-    from ..forward import Forwarder
 
 log = logging.getLogger("rumor.http")
 
@@ -59,10 +58,52 @@ def error_response(e: OpenAIError, trace: str) -> Response:
     return JSONResponse(e.body(), status_code=e.status, headers={TRACE: trace, **e.headers})
 
 
-class OpenAI:
-    def __init__(self, daemon: Daemon, forwarder: Forwarder, registry: CollectorRegistry) -> None:
+class OpenAIAnswers:
+    """The OpenAI dialect of node.api.proxy: OpenAI's error objects, and a
+    replica's answer relayed chunk by chunk (a stream as it comes)."""
+
+    def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.forwarder = forwarder
+
+    def busy(self, node: str, model: str, trace: str) -> Response:
+        return error_response(_busy(node, model), trace)
+
+    def unavailable(self, message: str, trace: str) -> Response:
+        return error_response(_unavailable(message), trace)
+
+    def not_found(self, model: str, trace: str) -> Response:
+        e = OpenAIError(
+            404, f"model {model!r} does not exist in this cluster", param="model",
+            code="model_not_found",
+        )  # fmt: skip
+        return error_response(e, trace)
+
+    def from_peer(self, up: Upstream, body: bytes) -> Response:
+        passed = {k: v for k, v in up.headers.items() if k in PASSED}
+        return Response(body, status_code=up.status, headers=passed)
+
+    async def relay(self, up: Upstream, target: str, done: Callable[[], None]) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            """If the client leaves, the connection to the replica closes and
+            the replica cancels the generation."""
+            try:
+                async for chunk in up.chunks():
+                    yield chunk
+            except ForwardError as e:
+                log.warning("stream from %s broke: %s", target, e)
+                yield sse({"error": {"message": f"the replica {target} failed mid-stream: {e}"}})
+            finally:
+                done()
+                await up.aclose()
+
+        passed = {k: v for k, v in up.headers.items() if k in PASSED}
+        return StreamingResponse(chunks(), status_code=up.status, headers=passed)
+
+
+class OpenAI:
+    def __init__(self, daemon: Daemon, proxy: Proxy, registry: CollectorRegistry) -> None:
+        self.daemon = daemon
+        self.proxy = proxy
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         # Named after vLLM's histograms, so existing dashboards fit.
         self.ttft = Histogram(
@@ -125,104 +166,24 @@ class OpenAI:
             req = parse_generation(body, chat)
         except OpenAIError as e:
             return error_response(e, trace)
-        forwarded = request.headers.get(FORWARDED) == "1"
-        final_hop = request.headers.get(FINAL) == "1"
         path = request.url.path
-        try:
-            return await self._route(req, body, path, trace, forwarded, final_hop, request)
-        except OpenAIError as e:
-            return error_response(e, trace)
 
-    async def _route(
-        self,
-        req: GenerationRequest,
-        body: bytes,
-        path: str,
-        trace: str,
-        forwarded: bool,
-        final_hop: bool,
-        request: Request,
-    ) -> Response:
-        d, m = self.daemon, req.model
-        if forwarded:  # one hop only: serve here or fail
-            if not d.models.ready(m):
-                raise _unavailable(f"model {m!r} is not ready on {d.name}")
-            if d.models.busy(m) and not final_hop:
-                raise _busy(d.name, m)
-            return await self._serve_local(req, body, path, trace, request)
-        tries = Tries(1 + d.config.forward_retries)
-        last: OpenAIError | None = None
-
-        def choose(exclude: set[str]) -> str | None:
-            return d.router.choose(d.node, m, exclude, trio.current_time())
-
-        while (target := tries.next(choose)) is not None:
-            if target == d.name:
-                if d.models.busy(m) and not tries.final:
-                    last = _busy(d.name, m)
-                    tries.busy()
-                    continue
-                try:
-                    resp = await self._serve_local(req, body, path, trace, request)
-                except OpenAIError as e:
-                    if e.status != 503:
-                        raise  # the client's mistake: the same everywhere
-                    last = e
-                    tries.failed()
-                    continue
-                tries.done()
-                return resp
-            http = d.http_of(target)
-            if http is None:
-                tries.failed()
-                continue
-            headers = {FORWARDED: "1", TRACE: trace, "content-type": "application/json"}
-            if tries.final:
-                headers[FINAL] = "1"
-            d.router.state.note_sent(target, trio.current_time())
+        async def serve_local() -> Response:
             try:
-                up = await self.forwarder.open(http, path, body, headers)
-            except ForwardError as e:
-                d.router.state.note_done(target)
-                last = _unavailable(f"forward to {target} failed: {e}")
-                tries.failed()
-                continue
-            if up.status in (502, 503, 504):
-                answer = b"".join([c async for c in up.chunks()])
-                d.router.state.note_done(target)
-                last = _from_peer(up, answer)
-                if up.headers.get(BUSY):
-                    tries.busy()
-                else:
-                    tries.failed()
-                continue
-            tries.started()  # the head goes to the client now: no retry from here
-            return StreamingResponse(
-                self._relay(up, target),
-                status_code=up.status,
-                headers={k: v for k, v in up.headers.items() if k in PASSED},
-            )
-        if last is not None:
-            raise last
-        if not d.known_model(m):
-            raise OpenAIError(
-                404, f"model {m!r} does not exist in this cluster", param="model",
-                code="model_not_found",
-            )  # fmt: skip
-        raise _unavailable(f"model {m!r} has no ready replica")
+                return await self._serve_local(req, body, path, trace, request)
+            except OpenAIError as e:
+                return error_response(e, trace)
 
-    async def _relay(self, up: Upstream, target: str) -> AsyncIterator[bytes]:
-        """A replica's answer, chunk by chunk. If the client leaves, the
-        connection to the replica closes and the replica cancels the generation."""
-        try:
-            async for chunk in up.chunks():
-                yield chunk
-        except ForwardError as e:
-            log.warning("stream from %s broke: %s", target, e)
-            yield sse({"error": {"message": f"the replica {target} failed mid-stream: {e}"}})
-        finally:
-            self.daemon.router.state.note_done(target)
-            await up.aclose()
+        return await self.proxy.route(
+            OpenAIAnswers(self.daemon),
+            req.model,
+            path,
+            body,
+            trace,
+            request.headers.get(FORWARDED) == "1",
+            request.headers.get(FINAL) == "1",
+            serve_local,
+        )
 
     # -- serving here ------------------------------------------------------------
 
@@ -424,19 +385,6 @@ def _busy(node: str, model: str) -> OpenAIError:
         503, f"{node} is busy with {model!r} (queue at its bound)", type_="service_unavailable",
         code="busy", headers={"Retry-After": "0", BUSY: "1"},
     )  # fmt: skip
-
-
-def _from_peer(up: Upstream, answer: bytes) -> OpenAIError:
-    import json
-
-    message = f"{up.hostport} answered {up.status}"
-    try:
-        err = json.loads(answer)["error"]
-        message = str(err.get("message", message)) if isinstance(err, dict) else str(err)
-    except (ValueError, KeyError, TypeError):
-        pass
-    headers = {k: v for k, v in up.headers.items() if k in ("retry-after", BUSY)}
-    return OpenAIError(up.status, message, type_="service_unavailable", headers=headers)
 
 
 def _is_llm(info: object) -> bool:

@@ -1,27 +1,29 @@
 """Routing one request: serve it here or pass it to a ready replica, with the
-cluster layer's tries (node.cluster.tries) and admission rule.
+cluster layer's tries (node.cluster.tries) and admission rule. KServe and
+OpenAI requests take the same path; a `Dialect` says how each protocol
+writes its errors and its answers.
 
 A forwarded request (`x-rumor-forwarded: 1`) is served where it lands or
 answered with a 503: one hop only. A busy replica answers at once and the
 router tries another; a failed hop is retried elsewhere; the last try is
-admitted even by a busy replica. The hop passes the request's bytes on,
-unparsed (node/forward.py).
+admitted even by a busy replica; nothing is retried once the answer's head
+has gone to the client. The hop passes the request's bytes on, unparsed
+(node/forward.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 from starlette.responses import Response
 
 from ..cluster.tries import Tries
-from ..forward import Forwarder, ForwardError
-from .common import BUSY, FINAL, FORWARDED, PASSED_HEADERS, TRACE, error
+from ..forward import Forwarder, ForwardError, Upstream
+from .common import BUSY, FINAL, FORWARDED, TRACE
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -31,28 +33,33 @@ log = logging.getLogger("rumor.http")
 ServeLocal = Callable[[], Awaitable[Response]]
 
 
+class Dialect(Protocol):
+    """How one protocol answers: its errors, and a replica's answer relayed."""
+
+    def busy(self, node: str, model: str, trace: str) -> Response: ...
+
+    def unavailable(self, message: str, trace: str) -> Response: ...
+
+    def not_found(self, model: str, trace: str) -> Response: ...
+
+    def from_peer(self, up: Upstream, body: bytes) -> Response:
+        """A replica's 502/503/504, to pass on if no other replica serves."""
+        ...
+
+    async def relay(self, up: Upstream, target: str, done: Callable[[], None]) -> Response:
+        """A replica's answer for the client; `done()` once it has been read."""
+        ...
+
+
 class Proxy:
-    def __init__(
-        self, daemon: Daemon, forwarder: Forwarder, routing: Counter, duration: Histogram
-    ) -> None:
+    def __init__(self, daemon: Daemon, forwarder: Forwarder, routing: Counter) -> None:
         self.daemon = daemon
         self.forwarder = forwarder
         self.routing = routing
-        self.duration = duration
-
-    def busy_answer(self, model: str, trace: str) -> Response:
-        """Admission control: above its queue bound a node says so at once, and the
-        router tries another replica (or, on the last try, admits it anyway)."""
-        self.routing.labels("busy_answered").inc()
-        return error(
-            503,
-            f"{self.daemon.name} is busy with {model!r} (queue at its bound)",
-            trace,
-            {"Retry-After": "0", BUSY: "1"},
-        )
 
     async def route(
         self,
+        dialect: Dialect,
         model: str,
         path: str,
         body: bytes,
@@ -60,18 +67,15 @@ class Proxy:
         forwarded: bool,
         final_hop: bool,
         serve_local: ServeLocal,
-        known: Callable[[], bool],
     ) -> Response:
         d = self.daemon
         if forwarded:  # one hop only: serve here or fail
             if not d.models.ready(model):
-                return error(
-                    503, f"model {model!r} is not ready on {d.name}", trace, {"Retry-After": "1"}
-                )
+                return dialect.unavailable(f"model {model!r} is not ready on {d.name}", trace)
             if d.models.busy(model) and not final_hop:
-                return self.busy_answer(model, trace)
+                self.routing.labels("busy_answered").inc()
+                return dialect.busy(d.name, model, trace)
             return await serve_local()
-        t0 = time.perf_counter()
         tries = Tries(1 + d.config.forward_retries)
         last: Response | None = None
 
@@ -81,11 +85,12 @@ class Proxy:
         while (target := tries.next(choose)) is not None:
             if target == d.name:
                 if d.models.busy(model) and not tries.final:
-                    last = self.busy_answer(model, trace)
+                    self.routing.labels("busy_answered").inc()
+                    last = dialect.busy(d.name, model, trace)
                     tries.busy()
                     continue
                 resp = await serve_local()
-                if resp.status_code != 503:
+                if resp.status_code != 503:  # served, or the client's mistake: final
                     tries.done()
                     return resp
                 last = resp
@@ -100,29 +105,38 @@ class Proxy:
                 headers[FINAL] = "1"  # the last try is admitted up to the hard queue bound
             d.router.state.note_sent(target, trio.current_time())
             try:
-                r = await self.forwarder.post(http, path, body, headers)
+                up = await self.forwarder.open(http, path, body, headers)
             except ForwardError as e:
+                d.router.state.note_done(target)
                 self.routing.labels("retried").inc()
-                last = error(502, f"forward to {target} failed: {e}", trace)
+                last = dialect.unavailable(f"forward to {target} failed: {e}", trace)
                 tries.failed()
                 continue
-            finally:
+            if up.status in (502, 503, 504):
+                try:
+                    answer = b"".join([c async for c in up.chunks()])
+                except ForwardError:
+                    answer = b""
                 d.router.state.note_done(target)
-            passed = {k: v for k, v in r.headers.items() if k in PASSED_HEADERS}
-            if r.status in (502, 503, 504):
-                busy = bool(r.headers.get(BUSY))
+                busy = bool(up.headers.get(BUSY))
                 self.routing.labels("busy_met" if busy else "retried").inc()
-                last = Response(r.content, status_code=r.status, headers=passed)
+                last = dialect.from_peer(up, answer)
                 if busy:
                     tries.busy()
                 else:
                     tries.failed()
                 continue
-            self.duration.labels(model, "forwarded").observe(time.perf_counter() - t0)
-            tries.done()
-            return Response(r.content, status_code=r.status, headers=passed)
+            tries.started()  # the answer's head goes to the client: no retry from here
+            return await dialect.relay(up, target, _done(d, target))
         if last is not None:
             return last
-        if not known():
-            return error(404, f"model {model!r} is not known to this cluster", trace)
-        return error(503, f"model {model!r} has no ready replica", trace, {"Retry-After": "1"})
+        if not d.known_model(model):
+            return dialect.not_found(model, trace)
+        return dialect.unavailable(f"model {model!r} has no ready replica", trace)
+
+
+def _done(d: Daemon, target: str) -> Callable[[], None]:
+    def done() -> None:
+        d.router.state.note_done(target)
+
+    return done
