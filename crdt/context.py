@@ -11,7 +11,9 @@ way, per actor).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
 from ._wire import MAX_UINT, expect_list, expect_replica, expect_uint
@@ -46,6 +48,28 @@ class CausalContext:
             return True
         s = self._cloud.get(r)
         return s is not None and c in s
+
+    def seen_among(self, dots: Iterable[Dot]) -> list[Dot]:
+        """The dots of `dots` seen here (one pass, no call per dot)."""
+        vv_get, cloud = self.vv.get, self._cloud
+        if not cloud:
+            return [d for d in dots if d[1] <= vv_get(d[0], 0)]
+        return [
+            d
+            for d in dots
+            if d[1] <= vv_get(d[0], 0) or ((s := cloud.get(d[0])) is not None and d[1] in s)
+        ]
+
+    def unseen_among(self, dots: Iterable[Dot]) -> list[Dot]:
+        """The dots of `dots` never seen here (one pass, no call per dot)."""
+        vv_get, cloud = self.vv.get, self._cloud
+        if not cloud:
+            return [d for d in dots if d[1] > vv_get(d[0], 0)]
+        return [
+            d
+            for d in dots
+            if d[1] > vv_get(d[0], 0) and ((s := cloud.get(d[0])) is None or d[1] not in s)
+        ]
 
     @property
     def cloud(self) -> frozenset[Dot]:
@@ -303,12 +327,14 @@ class ContextDigest:
         replicas = parse_replicas(replicas_obj, what)
         ctx = CausalContext()
         ctx.load_wire(vv_obj, cloud_obj, replicas, what)
-        held = frozenset(
-            (r, c) for r, cs in parse_runs(held_obj, replicas, f"{what} held").items() for c in cs
-        )
-        if not all(map(ctx.contains, held)):
-            raise DecodeError(f"{what}: a held dot is missing from the context")
-        return cls(ctx, held)
+        held: list[Dot] = []
+        for r, cs in parse_runs(held_obj, replicas, f"{what} held").items():
+            # Counters come sorted: only those past the vector need a cloud lookup.
+            for c in cs[bisect_right(cs, ctx.vv.get(r, 0)) :]:
+                if not ctx.contains((r, c)):
+                    raise DecodeError(f"{what}: a held dot is missing from the context")
+            held += zip(repeat(r, len(cs)), cs, strict=True)
+        return cls(ctx, frozenset(held))
 
 
 def parse_replicas(obj: object, what: str) -> list[str]:

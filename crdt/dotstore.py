@@ -14,7 +14,7 @@ holds exactly one dot, so those live in `_single` (key -> dot) and the rest in
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import ClassVar, Generic, Self, TypeVar
 
 from .base import CRDT
@@ -50,21 +50,45 @@ class DotStore(CRDT, Generic[K]):
         if octx.dot_count() < len(index):
             doomed = [d for d in octx.iter_dots() if d in index and d not in oindex]
         else:
-            contains = octx.contains
-            doomed = [d for d in index if d not in oindex and contains(d)]
-        for d in doomed:
-            self._drop(d)
-        # 2. Take what the other side holds and this side has never seen.
-        seen = self._ctx.contains
-        payload = self._HAS_PAYLOAD
-        for d, key in oindex.items():
-            if d in index:
-                if payload:
-                    self._payload[d].merge(other._payload[d])
-            elif not seen(d):
-                self._put(key, d, other._payload[d].copy() if payload else None)
+            doomed = octx.seen_among(index.keys() - oindex.keys())
+        self._drop_many(doomed)
+        # 2. Take what the other side holds and this side has never seen. A
+        #    set difference runs in C, but costs O(len(index)): only for big others.
+        if len(oindex) * 4 < len(index):
+            theirs: Iterable[Dot] = [d for d in oindex if d not in index]
+        else:
+            theirs = oindex.keys() - index.keys()
+        if self._HAS_PAYLOAD:
+            for d in oindex.keys() & index.keys():
+                self._payload[d].merge(other._payload[d])
+            for d in self._ctx.unseen_among(theirs):
+                self._put(oindex[d], d, other._payload[d].copy())
+        else:
+            self._put_many([(oindex[d], d) for d in self._ctx.unseen_among(theirs)])
         # 3. Everything either side has seen is now seen.
         self._ctx.merge(octx)
+
+    def _drop_many(self, dots: list[Dot]) -> None:
+        """`_drop` each dot; dots of single-dot keys (nearly all) take a fast path."""
+        single, index = self._single, self._index
+        for d in dots:
+            key = index[d]
+            if single.get(key) == d:
+                del single[key], index[d]
+                if self._HAS_PAYLOAD:
+                    del self._payload[d]
+            else:
+                self._drop(d)
+
+    def _put_many(self, pairs: list[tuple[K, Dot]]) -> None:
+        """`_put` each (key, dot), payload-free; keys seen nowhere yet take a fast path."""
+        single, multi, index = self._single, self._multi, self._index
+        for key, d in pairs:
+            if key in single or key in multi:
+                self._put(key, d, None)
+            else:
+                single[key] = d
+                index[d] = key
 
     def _drop(self, d: Dot) -> None:
         key = self._index.pop(d)
@@ -160,7 +184,7 @@ class DotStore(CRDT, Generic[K]):
         replica safely), so it can be forwarded like any other delta.
         """
         actx, aheld, ctx = digest.context, digest.held, self._ctx
-        lag: dict[str, list[int]] = {}
+        seen_dots: dict[str, list[int]] = {}  # what `a` lacks, by replica
         lag_dots = 0
         for r, n in ctx.vv.items():
             m = actx.vv.get(r, 0)
@@ -178,23 +202,25 @@ class DotStore(CRDT, Generic[K]):
             if not m and not acloud:
                 dctx.raise_to(r, n)  # nothing of r seen there: send the prefix
             elif n > m:
-                lag[r] = [c for c in range(m + 1, n + 1) if c not in acloud]
+                seen_dots[r] = [c for c in range(m + 1, n + 1) if c not in acloud]
         for r in ctx.replicas():
             mine = ctx.cloud_of(r)
             if mine:
                 seen = actx.contains
-                lag.setdefault(r, []).extend(c for c in mine if not seen((r, c)))
-        for r, cs in lag.items():
+                seen_dots.setdefault(r, []).extend(c for c in mine if not seen((r, c)))
+        # Set differences run in C; the Python passes then walk only the dots
+        # that differ (held there and gone here, held here and new there).
+        for r, c in ctx.seen_among(aheld.difference(self._index)):
+            seen_dots.setdefault(r, []).append(c)
+        for r, cs in seen_dots.items():
             dctx.add_counters(r, cs)
-        seen_here = ctx.contains
         index = self._index
-        for d in aheld:
-            if d not in index and seen_here(d):
-                dctx.add(*d)
-        seen_there = actx.contains
-        for d, key in index.items():
-            if d not in aheld and not seen_there(d):
-                delta._put(key, d, self._payload[d].copy() if self._HAS_PAYLOAD else None)
+        new = actx.unseen_among(index.keys() - aheld)
+        if self._HAS_PAYLOAD:
+            for d in new:
+                delta._put(index[d], d, self._payload[d].copy())
+        else:
+            delta._put_many([(index[d], d) for d in new])
         return delta
 
     # -- shared plumbing ------------------------------------------------------

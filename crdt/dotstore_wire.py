@@ -46,7 +46,7 @@ def store_to_wire(store: DotStore[Any], sort_key: Callable[[Any], Any]) -> list[
     counts = [per_replica.get(r, 0) for r in replicas]
     counters = list(map(_second, dots))
     gaps = counters[:1]
-    gaps += map(sub, counters[1:], counters[:-1])
+    gaps += map(sub, counters[1:], counters)
     start = 0
     for n in counts:  # each replica's first counter counts from 0
         if n:

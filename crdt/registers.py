@@ -15,21 +15,36 @@ import msgpack
 from ._wire import MAX_UINT, expect_list, expect_plain, expect_replica, expect_uint
 from .base import CRDT
 from .errors import DecodeError
-from .lwwmap_wire import TOMBSTONE, Entry, lwwmap_entries, lwwmap_to_wire
+from .lwwmap_wire import (
+    TOMBSTONE,
+    Columns,
+    Entry,
+    build_entries,
+    lwwmap_columns,
+    lwwmap_to_wire,
+)
 
 
 def _wins(a: Entry, b: Entry) -> bool:
     """True when `a` beats `b` (strictly)."""
-    if a[0] != b[0]:
-        return a[0] > b[0]
     if a[1] != b[1]:
         return a[1] > b[1]
-    a_dead, b_dead = a[3] is TOMBSTONE, b[3] is TOMBSTONE
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    va, vb = a[3], b[3]
+    a_dead, b_dead = va is TOMBSTONE, vb is TOMBSTONE
     if a_dead or b_dead:
         return a_dead and not b_dead
-    pa: bytes = msgpack.packb(a[3], use_bin_type=True)
-    pb: bytes = msgpack.packb(b[3], use_bin_type=True)
+    # The same write seen twice (the common tie): equal scalars of one type
+    # encode equally, so skip packing them (1 == True and 0.0 == -0.0 do not).
+    if type(va) is type(vb) and type(va) in _EXACT_SCALARS and va == vb:
+        return False
+    pa: bytes = msgpack.packb(va, use_bin_type=True)
+    pb: bytes = msgpack.packb(vb, use_bin_type=True)
     return pa > pb
+
+
+_EXACT_SCALARS: Final = frozenset((type(None), bool, int, str, bytes))
 
 
 def _check_local_value(value: object) -> None:
@@ -44,7 +59,7 @@ def _check_ts(ts: int) -> None:
         raise ValueError("ts must be a positive HLC timestamp")
 
 
-_EMPTY: Final[Entry] = (0, "", "", None)
+_EMPTY: Final[Entry] = ("", 0, "", None)
 
 
 class LWWRegister(CRDT):
@@ -57,7 +72,7 @@ class LWWRegister(CRDT):
     __slots__ = ("_e",)
 
     def __init__(self, value: Any = None, ts: int = 0, replica: str = "") -> None:
-        self._e: Entry = (ts, replica, "", value) if ts else _EMPTY
+        self._e: Entry = (replica, ts, "", value) if ts else _EMPTY
 
     def set(self, replica: str, value: Any, ts: int) -> LWWRegister:
         _check_ts(ts)
@@ -68,11 +83,11 @@ class LWWRegister(CRDT):
 
     @property
     def ts(self) -> int:
-        return self._e[0]
+        return self._e[1]
 
     @property
     def replica(self) -> str:
-        return self._e[1]
+        return self._e[0]
 
     def merge(self, other: Self) -> None:
         self._check_same_type(other)
@@ -89,7 +104,7 @@ class LWWRegister(CRDT):
         return self._e[3]
 
     def to_wire(self) -> list[Any]:
-        ts, replica, _, value = self._e
+        replica, ts, _, value = self._e
         return [ts, replica, value] if ts else []
 
     @classmethod
@@ -115,7 +130,7 @@ class LWWRegister(CRDT):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        ts, replica, _, value = self._e
+        replica, ts, _, value = self._e
         return f"LWWRegister({value!r}, ts={ts}, replica={replica!r})"
 
 
@@ -127,48 +142,71 @@ class LWWMap(CRDT):
     """
 
     TYPE_TAG = 4
-    __slots__ = ("_entries",)
+    __slots__ = ("_cols", "_map")
 
     def __init__(self) -> None:
-        self._entries: dict[str, Entry] = {}
+        self._map: dict[str, Entry] = {}
+        # Columns of a decoded state not yet turned into `_map` (see `_entries`).
+        self._cols: Columns | None = None
+
+    @property
+    def _entries(self) -> dict[str, Entry]:
+        if self._cols is not None:
+            self._map, self._cols = build_entries(self._cols), None
+        return self._map
 
     def set(self, replica: str, key: str, value: Any, ts: int) -> LWWMap:
         _check_ts(ts)
         _check_local_value(value)
         if type(key) is not str:
             raise TypeError("LWWMap keys are strings")
-        return self._write((ts, replica, key, value))
+        return self._write((replica, ts, key, value))
 
     def remove(self, replica: str, key: str, ts: int) -> LWWMap:
         _check_ts(ts)
         if type(key) is not str:
             raise TypeError("LWWMap keys are strings")
-        return self._write((ts, replica, key, TOMBSTONE))
+        return self._write((replica, ts, key, TOMBSTONE))
 
     def _write(self, entry: Entry) -> LWWMap:
         delta = LWWMap()
-        delta._entries[entry[2]] = entry
+        delta._map[entry[2]] = entry
         self.merge(delta)
         return delta
 
     def merge(self, other: Self) -> None:
         self._check_same_type(other)
+        if other._cols is not None:
+            self._merge_columns(other._cols)
+            return
         mine = self._entries
         get = mine.get
         for k, e in other._entries.items():
             cur = get(k)
             if cur is None:
                 mine[k] = e
-            elif e[0] > cur[0] or (e[0] == cur[0] and e is not cur and _wins(e, cur)):
+            elif e[1] > cur[1] or (e[1] == cur[1] and e is not cur and _wins(e, cur)):
                 # Re-inserting moves the key to the end: writes arrive roughly in
                 # time order, so the dict stays nearly sorted by timestamp and the
                 # encoder's sort (Timsort, adaptive) runs in about linear time.
                 del mine[k]
                 mine[k] = e
 
+    def _merge_columns(self, cols: Columns) -> None:
+        """`merge` from a decoded state's columns: a tuple only for each winner."""
+        mine = self._entries
+        get = mine.get
+        for r, ts, k, v in zip(*cols, strict=True):
+            cur = get(k)
+            if cur is None:
+                mine[k] = (r, ts, k, v)
+            elif ts > cur[1] or (ts == cur[1] and _wins((r, ts, k, v), cur)):
+                del mine[k]
+                mine[k] = (r, ts, k, v)
+
     def copy(self) -> Self:
         c = type(self)()
-        c._entries = dict(self._entries)
+        c._map = dict(self._entries)
         return c
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -182,7 +220,7 @@ class LWWMap(CRDT):
     def entry_ts(self, key: str) -> int:
         """Timestamp of the latest write or removal of `key` (0 if never seen)."""
         e = self._entries.get(key)
-        return e[0] if e is not None else 0
+        return e[1] if e is not None else 0
 
     @property
     def value(self) -> dict[str, Any]:
@@ -194,7 +232,7 @@ class LWWMap(CRDT):
     @classmethod
     def _from_wire(cls, obj: Any) -> Self:
         m = cls()
-        m._entries = lwwmap_entries(obj)
+        m._cols = lwwmap_columns(obj)
         return m
 
     def __eq__(self, other: object) -> bool:

@@ -1,0 +1,304 @@
+"""rumor's crdt against pycrdt (Yrs, the Rust Yjs) on causally ordered workloads.
+
+Run through `python bench/crdt_bench.py --peer pycrdt`. Only what both mean the
+same way is compared: every write happens after the writer has seen all
+earlier ones, so "last writer wins" and "add wins" agree with Yjs, which
+orders *concurrent* writes by client id rather than by timestamp. The merged
+values of the two libraries are asserted equal in the run.
+
+The workloads, on n keys that look like block hashes (16 hex digits):
+  - LWW map: replica A writes n keys (one int value each); B starts from A's
+    state and overwrites the upper half. pycrdt: a Y.Map on each Doc.
+  - OR-set: A adds n elements; B starts from A's state, removes the lower half
+    and adds n/2 new ones. pycrdt: a Y.Map from element to True (a delete is
+    a remove).
+Measured (medians of `repeats` runs, ms):
+  - build:       A's n writes, one mutator call (pycrdt: one transaction) each;
+  - merge (mem): joining B's state into a copy of A (pycrdt has no in-memory
+                 join: apply_update of B's full update, encoded beforehand);
+  - merge (wire): encode B, decode, join into a copy of A (pycrdt: get_update
+                 and apply_update);
+  - delta sync:  A's digest to B, B's answer joined into A (ours:
+                 context_digest / delta_since, both through the wire; pycrdt:
+                 get_state, get_update(state), apply_update);
+  - bytes:       A's fresh state, B's state, and the sync's bytes both ways.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import msgpack
+from pycrdt import Doc, Map, merge_updates
+
+from crdt import HLC, ContextDigest, LWWMap, ORSet, decode, encode, unpack_limited
+
+REPLICA_A = "n1@1733000000123"
+REPLICA_B = "n2@1733000000456"
+#: Simulated write rate for HLC timestamps: one write every 0.1 ms (10k/s).
+WRITE_INTERVAL_S = 0.0001
+
+
+def median_ms(fn: Callable[[Any], Any], setup: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        arg = setup()
+        gc.collect()
+        gc.disable()
+        t0 = time.perf_counter()
+        fn(arg)
+        times.append(time.perf_counter() - t0)
+        gc.enable()
+    return statistics.median(times) * 1000
+
+
+def block_keys(n: int, salt: int = 0) -> list[str]:
+    return [f"{(i + salt) * 2654435761 % 2**64:016x}" for i in range(n)]
+
+
+def _doc_from(update: bytes, client_id: int) -> tuple[Doc, Map]:
+    d: Doc = Doc(client_id=client_id)
+    m = d.get("m", type=Map)
+    d.apply_update(update)
+    return d, m
+
+
+# -- LWW map ----------------------------------------------------------------------
+
+
+def lww_ours(keys: list[str]) -> tuple[LWWMap, LWWMap]:
+    clock, t = HLC(), 1_733_000_000.0
+    a = LWWMap()
+    for i, k in enumerate(keys):
+        t += WRITE_INTERVAL_S
+        a.set(REPLICA_A, k, i, clock.now(t))
+    b = a.copy()
+    for i, k in enumerate(keys[len(keys) // 2 :]):
+        t += WRITE_INTERVAL_S
+        b.set(REPLICA_B, k, -i, clock.now(t))
+    return a, b
+
+
+def lww_peer_build(keys: list[str]) -> Doc:
+    d: Doc = Doc(client_id=1)
+    m = d.get("m", type=Map)
+    for i, k in enumerate(keys):
+        m[k] = i
+    return d
+
+
+def lww_peer(keys: list[str]) -> tuple[Doc, Doc]:
+    a = lww_peer_build(keys)
+    b, mb = _doc_from(a.get_update(), 2)
+    for i, k in enumerate(keys[len(keys) // 2 :]):
+        mb[k] = -i
+    return a, b
+
+
+# -- OR-set -----------------------------------------------------------------------
+
+
+def orset_ours(keys: list[str], fresh: list[str]) -> tuple[ORSet, ORSet]:
+    a = ORSet()
+    for k in keys:
+        a.add(REPLICA_A, k)
+    b = a.copy()
+    for k in keys[: len(keys) // 2]:
+        b.remove(REPLICA_B, k)
+    for k in fresh:
+        b.add(REPLICA_B, k)
+    return a, b
+
+
+def orset_peer_build(keys: list[str]) -> Doc:
+    d: Doc = Doc(client_id=1)
+    m = d.get("m", type=Map)
+    for k in keys:
+        m[k] = True
+    return d
+
+
+def orset_peer(keys: list[str], fresh: list[str]) -> tuple[Doc, Doc]:
+    a = orset_peer_build(keys)
+    b, mb = _doc_from(a.get_update(), 2)
+    for k in keys[: len(keys) // 2]:
+        del mb[k]
+    for k in fresh:
+        mb[k] = True
+    return a, b
+
+
+# -- the measurements -------------------------------------------------------------
+
+
+def _wire_merge(dst: Any, src: Any) -> None:
+    dst.merge(decode(encode(src)))
+
+
+def _digest_sync(a: ORSet, b: ORSet) -> tuple[int, int]:
+    """One version-vector sync of `a` from `b`, through bytes; returns the bytes."""
+    syn = msgpack.packb(a.context_digest().to_wire(), use_bin_type=True)
+    answer = encode(b.delta_since(ContextDigest.from_wire(unpack_limited(syn))))
+    a.merge(decode(answer))
+    return len(syn), len(answer)
+
+
+def _peer_sync(a: Doc, b: Doc) -> tuple[int, int]:
+    sv = a.get_state()
+    update = b.get_update(sv)
+    a.apply_update(update)
+    return len(sv), len(update)
+
+
+def measure(kind: str, n: int, repeats: int) -> dict[str, Any]:
+    keys = block_keys(n)
+    if kind == "LWWMap":
+        a, b = lww_ours(keys)
+        pa, pb = lww_peer(keys)
+        build_ours = median_ms(lambda _: lww_ours(keys), lambda: None, repeats)
+        build_peer = median_ms(lambda _: lww_peer_build(keys), lambda: None, repeats)
+    else:
+        fresh = block_keys(n // 2, salt=n)
+        a, b = orset_ours(keys, fresh)
+        pa, pb = orset_peer(keys, fresh)
+        build_ours = median_ms(lambda _: orset_ours(keys, fresh), lambda: None, repeats)
+        build_peer = median_ms(lambda _: orset_peer_build(keys), lambda: None, repeats)
+    a_update, b_update = pa.get_update(), pb.get_update()
+
+    def peer_copy() -> Doc:
+        return _doc_from(a_update, 1)[0]
+
+    row: dict[str, Any] = {"type": kind, "n": n}
+    row["build_ours"], row["build_peer"] = build_ours, build_peer
+    row["mem_ours"] = median_ms(lambda d: d.merge(b), a.copy, repeats)
+    row["mem_peer"] = median_ms(lambda d: d.apply_update(b_update), peer_copy, repeats)
+    row["wire_ours"] = median_ms(lambda d: _wire_merge(d, b), a.copy, repeats)
+    row["wire_peer"] = median_ms(lambda d: d.apply_update(pb.get_update()), peer_copy, repeats)
+
+    merged = a.copy()
+    _wire_merge(merged, b)
+    peer_merged = peer_copy()
+    peer_merged.apply_update(b_update)
+    peer_value = peer_merged.get("m", type=Map).to_py()
+    if kind == "LWWMap":
+        assert merged.value == peer_value, "value mismatch"
+    else:
+        assert merged.value == frozenset(peer_value), "value mismatch"
+        row["sync_ours"] = median_ms(lambda d: _digest_sync(d, b), a.copy, repeats)
+        synced = a.copy()
+        row["syn_bytes_ours"], row["answer_bytes_ours"] = _digest_sync(synced, b)
+        assert synced == merged, "delta sync differs from the full merge"
+    row["sync_peer"] = median_ms(lambda d: _peer_sync(d, pb), peer_copy, repeats)
+    row["syn_bytes_peer"], row["answer_bytes_peer"] = _peer_sync(peer_copy(), pb)
+    row["bytes_a_ours"], row["bytes_a_peer"] = len(encode(a)), len(a_update)
+    row["bytes_b_ours"], row["bytes_b_peer"] = len(encode(b)), len(b_update)
+    return row
+
+
+def delta_join(n: int, removes: int, repeats: int) -> dict[str, Any]:
+    """Join the deltas of `removes` gappy removes (every other element) of an n-set."""
+    keys = block_keys(n)
+    s = ORSet()
+    for k in keys:
+        s.add(REPLICA_A, k)
+    deltas = [s.remove(REPLICA_A, k) for k in keys[1 : 2 * removes : 2]]
+
+    def join(_: None) -> ORSet:
+        joined = deltas[0].copy()
+        for d in deltas[1:]:
+            joined.merge(d)
+        return joined
+
+    doc = orset_peer_build(keys)
+    updates: list[bytes] = []
+    sub = doc.observe(lambda event: updates.append(event.update))
+    m = doc.get("m", type=Map)
+    for k in keys[1 : 2 * removes : 2]:
+        del m[k]
+    doc.unobserve(sub)
+    return {
+        "n": n,
+        "deltas": len(deltas),
+        "join_ours": median_ms(join, lambda: None, repeats),
+        "join_peer": median_ms(lambda _: merge_updates(*updates), lambda: None, repeats),
+    }
+
+
+def peer_version() -> str:
+    return f"pycrdt {version('pycrdt')}"
+
+
+def _r(ours: float, peer: float) -> str:
+    """Speed ratio: how many times faster ours is (peer time / our time)."""
+    return f"{peer / ours:.2f}×"
+
+
+def markdown(rows: list[dict[str, Any]], joins: list[dict[str, Any]]) -> str:
+    out = [
+        "| type | n | build ms ours / pycrdt | merge (mem) ms ours / pycrdt | speed "
+        "| merge (wire) ms ours / pycrdt | speed | delta sync ms ours / pycrdt | speed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        sync = (
+            f"{r['sync_ours']:.1f} / {r['sync_peer']:.1f} | {_r(r['sync_ours'], r['sync_peer'])}"
+            if "sync_ours" in r
+            else f"— / {r['sync_peer']:.1f} | — "
+        )
+        out.append(
+            f"| {r['type']} | {r['n']:,} | {r['build_ours']:.1f} / {r['build_peer']:.1f}"
+            f" | {r['mem_ours']:.1f} / {r['mem_peer']:.1f} | {_r(r['mem_ours'], r['mem_peer'])}"
+            f" | {r['wire_ours']:.1f} / {r['wire_peer']:.1f}"
+            f" | {_r(r['wire_ours'], r['wire_peer'])} | {sync} |"
+        )
+    out += [
+        "",
+        "| type | n | bytes of A (fresh) ours / pycrdt | ratio | bytes of B ours / pycrdt "
+        "| ratio | sync bytes (ask + answer) ours / pycrdt | full state ours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        sync = (
+            f"{r['syn_bytes_ours']:,} + {r['answer_bytes_ours']:,}"
+            if "syn_bytes_ours" in r
+            else "—"
+        )
+        out.append(
+            f"| {r['type']} | {r['n']:,} | {r['bytes_a_ours']:,} / {r['bytes_a_peer']:,}"
+            f" | {r['bytes_a_ours'] / r['bytes_a_peer']:.2f}×"
+            f" | {r['bytes_b_ours']:,} / {r['bytes_b_peer']:,}"
+            f" | {r['bytes_b_ours'] / r['bytes_b_peer']:.2f}×"
+            f" | {sync} / {r['syn_bytes_peer']:,} + {r['answer_bytes_peer']:,}"
+            f" | {r['bytes_b_ours']:,} |"
+        )
+    out += [
+        "",
+        "| n | deltas joined | ms ours (`merge` one by one) | ms pycrdt (`merge_updates`) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for j in joins:
+        out.append(
+            f"| {j['n']:,} | {j['deltas']:,} | {j['join_ours']:.1f} | {j['join_peer']:.1f} |"
+        )
+    return "\n".join(out)
+
+
+def targets(rows: list[dict[str, Any]], joins: list[dict[str, Any]]) -> list[str]:
+    big = [r for r in rows if r["n"] >= 10_000]
+    return [
+        "wire merge >= 1.0x pycrdt at n >= 10,000: "
+        + str(all(r["wire_peer"] >= r["wire_ours"] for r in big)),
+        "fresh LWW map bytes <= 1.0x pycrdt at n >= 10,000: "
+        + str(all(r["bytes_a_ours"] <= r["bytes_a_peer"] for r in big if r["type"] == "LWWMap")),
+        "OR-set bytes after removes <= 0.5x pycrdt: "
+        + str(
+            all(r["bytes_b_ours"] <= 0.5 * r["bytes_b_peer"] for r in rows if r["type"] == "ORSet")
+        ),
+        "5,000 gappy deltas joined in <= 20 ms at n = 10,000: "
+        + str(all(j["join_ours"] <= 20 for j in joins if j["n"] == 10_000)),
+    ]
