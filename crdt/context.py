@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
-from itertools import repeat
+from itertools import chain, compress, count, repeat
+from operator import add, ne, sub
 from typing import Any
 
 from ._wire import MAX_UINT, expect_list, expect_replica, expect_uint
@@ -224,22 +225,22 @@ def runs_wire(counters: dict[str, list[int]], ix: dict[str, int]) -> list[list[i
 
     A run starts `gap` after the end of the previous one (from 0 for the first),
     so a gappy cloud costs about two bytes a dot and a contiguous range (what
-    `delta_since` sends a replica that is behind) costs two numbers.
+    `delta_since` sends a replica that is behind) costs two numbers. The run
+    boundaries are found with C-level maps, not a Python loop per counter.
     """
     out: list[list[int]] = []
     for r in sorted(counters, key=ix.__getitem__):
         cs = counters[r]
         if not cs:
             continue
-        row = [ix[r]]
-        end, start, prev = 0, cs[0], cs[0]
-        for c in cs[1:]:
-            if c != prev + 1:
-                row += (start - end, prev - start + 1)
-                end, start = prev, c
-            prev = c
-        row += (start - end, prev - start + 1)
-        out.append(row)
+        # Index i starts a run when cs[i] is not cs[i - 1] + 1.
+        starts = [0, *compress(count(1), map(ne, cs[1:], map(add, cs, repeat(1))))]
+        ends = [*starts[1:], len(cs)]
+        first = list(map(cs.__getitem__, starts))
+        last = [0, *map(cs.__getitem__, map(sub, ends, repeat(1)))]
+        gaps = map(sub, first, last)
+        lengths = map(sub, ends, starts)
+        out.append([ix[r], *chain.from_iterable(zip(gaps, lengths, strict=True))])
     return out
 
 
@@ -276,9 +277,14 @@ def parse_runs(obj: object, replicas: list[str], what: str) -> dict[str, list[in
 
 
 def counters_by_replica(dots: Iterable[Dot]) -> dict[str, list[int]]:
+    """Sorted counters per replica (sorting ints is far cheaper than sorting dots)."""
     out: dict[str, list[int]] = {}
     for r, c in dots:
-        out.setdefault(r, []).append(c)
+        cs = out.get(r)
+        if cs is None:
+            out[r] = [c]
+        else:
+            cs.append(c)
     for cs in out.values():
         cs.sort()
     return out
