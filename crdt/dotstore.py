@@ -64,7 +64,7 @@ class DotStore(CRDT, Generic[K]):
             for d in self._ctx.unseen_among(theirs):
                 self._put(oindex[d], d, other._payload[d].copy())
         else:
-            self._put_many([(oindex[d], d) for d in self._ctx.unseen_among(theirs)])
+            self._put_many(self._ctx.unseen_among(theirs), oindex)
         # 3. Everything either side has seen is now seen.
         self._ctx.merge(octx)
 
@@ -80,10 +80,11 @@ class DotStore(CRDT, Generic[K]):
             else:
                 self._drop(d)
 
-    def _put_many(self, pairs: list[tuple[K, Dot]]) -> None:
-        """`_put` each (key, dot), payload-free; keys seen nowhere yet take a fast path."""
+    def _put_many(self, dots: list[Dot], keys: dict[Dot, K]) -> None:
+        """`_put` each dot under `keys[dot]`, payload-free; new keys take a fast path."""
         single, multi, index = self._single, self._multi, self._index
-        for key, d in pairs:
+        for d in dots:
+            key = keys[d]
             if key in single or key in multi:
                 self._put(key, d, None)
             else:
@@ -220,7 +221,7 @@ class DotStore(CRDT, Generic[K]):
             for d in new:
                 delta._put(index[d], d, self._payload[d].copy())
         else:
-            delta._put_many([(index[d], d) for d in new])
+            delta._put_many(new, index)
         return delta
 
     # -- shared plumbing ------------------------------------------------------
