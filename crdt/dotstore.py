@@ -70,14 +70,15 @@ class DotStore(CRDT, Generic[K]):
 
     def _drop_many(self, dots: list[Dot]) -> None:
         """`_drop` each dot; dots of single-dot keys (nearly all) take a fast path."""
-        single, index = self._single, self._index
+        single, index, pop = self._single, self._index, self._single.pop
+        payload = self._payload if self._HAS_PAYLOAD else None
         for d in dots:
-            key = index[d]
-            if single.get(key) == d:
-                del single[key], index[d]
-                if self._HAS_PAYLOAD:
-                    del self._payload[d]
-            else:
+            key = index.pop(d)  # hashing a dot costs more than hashing a key: once
+            if pop(key, None) == d:
+                if payload is not None:
+                    del payload[d]
+            else:  # a multi-dot key (the pop missed): undo and take the slow path
+                index[d] = key
                 self._drop(d)
 
     def _put_many(self, dots: list[Dot], keys: dict[Dot, K]) -> None:
