@@ -14,7 +14,7 @@ holds exactly one dot, so those live in `_single` (key -> dot) and the rest in
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from typing import ClassVar, Generic, Self, TypeVar
 
 from .base import CRDT
@@ -47,17 +47,16 @@ class DotStore(CRDT, Generic[K]):
         octx, oindex, index = other._ctx, other._index, self._index
         # 1. Drop what the other side has seen but no longer holds (its removes),
         #    walking whichever is smaller: its context or our held dots.
+        # The walks keep dict order (a C set difference would be as fast to
+        # compute but hands the dots back in hash order, and the inserts that
+        # follow then touch memory at random: 2-3x slower at 100,000 dots).
         if octx.dot_count() < len(index):
             doomed = [d for d in octx.iter_dots() if d in index and d not in oindex]
         else:
-            doomed = octx.seen_among(index.keys() - oindex.keys())
+            doomed = octx.seen_among([d for d in index if d not in oindex])
         self._drop_many(doomed)
-        # 2. Take what the other side holds and this side has never seen. A
-        #    set difference runs in C, but costs O(len(index)): only for big others.
-        if len(oindex) * 4 < len(index):
-            theirs: Iterable[Dot] = [d for d in oindex if d not in index]
-        else:
-            theirs = oindex.keys() - index.keys()
+        # 2. Take what the other side holds and this side has never seen.
+        theirs = [d for d in oindex if d not in index]
         if self._HAS_PAYLOAD:
             for d in oindex.keys() & index.keys():
                 self._payload[d].merge(other._payload[d])
@@ -70,7 +69,7 @@ class DotStore(CRDT, Generic[K]):
 
     def _drop_many(self, dots: list[Dot]) -> None:
         """`_drop` each dot; dots of single-dot keys (nearly all) take a fast path."""
-        single, index, pop = self._single, self._index, self._single.pop
+        index, pop = self._index, self._single.pop
         payload = self._payload if self._HAS_PAYLOAD else None
         for d in dots:
             key = index.pop(d)  # hashing a dot costs more than hashing a key: once
@@ -217,7 +216,7 @@ class DotStore(CRDT, Generic[K]):
         for r, cs in seen_dots.items():
             dctx.add_counters(r, cs)
         index = self._index
-        new = actx.unseen_among(index.keys() - aheld)
+        new = actx.unseen_among([d for d in index if d not in aheld])
         if self._HAS_PAYLOAD:
             for d in new:
                 delta._put(index[d], d, self._payload[d].copy())

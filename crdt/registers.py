@@ -196,11 +196,17 @@ class LWWMap(CRDT):
         """`merge` from a decoded state's columns: a tuple only for each winner."""
         mine = self._entries
         get = mine.get
+        exact = _EXACT_SCALARS
         for r, ts, k, v in zip(*cols, strict=True):
             cur = get(k)
             if cur is None:
                 mine[k] = (r, ts, k, v)
-            elif ts > cur[1] or (ts == cur[1] and _wins((r, ts, k, v), cur)):
+            elif ts > cur[1] or (
+                ts == cur[1]
+                # The same write seen again (the common tie) needs no `_wins`.
+                and not (r == cur[0] and type(v) is type(cur[3]) in exact and v == cur[3])
+                and _wins((r, ts, k, v), cur)
+            ):
                 del mine[k]
                 mine[k] = (r, ts, k, v)
 
