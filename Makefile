@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck bench clean venv
+.PHONY: demo test lint typecheck bench clean venv browser
 
 venv: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m node.cli demo
 
-test: $(STAMP)
+# Headless Chromium for the /ui tests, installed when missing (root + apt);
+# without it those tests skip and say why.
+browser:
+	@.ci/install-browser
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

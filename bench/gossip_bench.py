@@ -60,7 +60,7 @@ def traffic(n: int, state_bytes: int, seconds: float = 20.0) -> dict[str, Any]:
         sn = net.nodes[rng.choice(names)]
         i += 1
         sn.node.set_key("load", f"{i:08d}" + "x" * 92, net.now)
-        net._flush(sn)
+        net.flush(sn)
         net.run_for(0.1)
     busy = (sent() - b0) / seconds / n
     converged = net.run_until_true(net.converged, 10, 0.1)
@@ -121,7 +121,7 @@ def heartbeat_in_state(n: int, seconds: float = 10.0) -> float:
         beat += 1
         for sn in net.nodes.values():
             sn.node.set_key("heartbeat", beat, net.now)
-            net._flush(sn)
+            net.flush(sn)
         net.run_for(net.config.interval)
     return round((sum(net.bytes_sent.values()) - b0) / seconds / n, 1)
 
@@ -136,7 +136,7 @@ def largest_state() -> dict[str, Any]:
         blob = "b" * size
         writer = net.nodes["n1"]
         writer.node.set_key("blob", blob, net.now)
-        net._flush(writer)
+        net.flush(writer)
         t0 = net.now
         ok = net.run_until_true(
             lambda blob=blob, net=net: all(

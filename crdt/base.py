@@ -32,6 +32,11 @@ class CRDT(ABC):
     def value(self) -> Any:
         """The plain Python value (an int, a frozenset, a dict...)."""
 
+    def max_timestamp(self) -> int:
+        """The greatest HLC timestamp this state holds (0 for untimed types):
+        what a receiver checks against its clock before it merges."""
+        return 0
+
     @abstractmethod
     def to_wire(self) -> Any:
         """msgpack-ready primitives; canonical, so equal states encode equally."""

@@ -237,6 +237,9 @@ class DotStore(CRDT, Generic[K]):
             return [one]
         return list(self._multi.get(key, {}).items())
 
+    def max_timestamp(self) -> int:
+        return max((p.max_timestamp() for p in self._payload.values()), default=0)
+
     def copy(self) -> Self:
         c = type(self)._empty_like(self)
         c._ctx = self._ctx.copy()

@@ -89,6 +89,9 @@ class LWWRegister(CRDT):
     def replica(self) -> str:
         return self._e[0]
 
+    def max_timestamp(self) -> int:
+        return self._e[1]
+
     def merge(self, other: Self) -> None:
         self._check_same_type(other)
         if _wins(other._e, self._e):
@@ -222,6 +225,11 @@ class LWWMap(CRDT):
     def __contains__(self, key: object) -> bool:
         e = self._entries.get(key)  # type: ignore[call-overload]
         return e is not None and e[3] is not TOMBSTONE
+
+    def max_timestamp(self) -> int:
+        if self._cols is not None:  # decoded, not yet materialized: read the column
+            return max(self._cols[1], default=0)
+        return max((e[1] for e in self._map.values()), default=0)
 
     def entry_ts(self, key: str) -> int:
         """Timestamp of the latest write or removal of `key` (0 if never seen)."""

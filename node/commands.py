@@ -58,8 +58,21 @@ def add_node_parsers(sub: Any) -> None:
     node.add_argument("--drain-timeout", type=float, help="shutdown drain, s (default 10)")
     node.add_argument(
         "--router",
-        choices=["rumor", "random", "round_robin"],
+        choices=["rumor", "p2c", "least_loaded", "random", "round_robin"],
         help="routing policy (default rumor; the others are baselines for comparisons)",
+    )
+    node.add_argument("--http-keep-alive", type=float, help="idle HTTP keep-alive, s (default 75)")
+    node.add_argument(
+        "--http-body-timeout", type=float, help="request body deadline, s (default 10)"
+    )
+    node.add_argument("--http-max-connections", type=int, help="HTTP connection cap (default 1024)")
+    node.add_argument(
+        "--gossip-opt",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a gossip protocol setting, e.g. probe_timeout=0.5 (repeatable; any "
+        "gossip.config.GossipConfig field; also a [gossip] TOML table or RUMOR_GOSSIP_KEY)",
     )
     node.add_argument("--log-json", action="store_true", default=None, help="JSON logs")
     node.add_argument(
@@ -75,6 +88,14 @@ def add_node_parsers(sub: Any) -> None:
         "--models",
         default="mlp=builtin:mlp,transformer=builtin:transformer",
         help="built-in models spread over the nodes (comma-separated NAME=SOURCE)",
+    )
+    up.add_argument(
+        "--engine",
+        metavar="NAME=KIND+http://HOST:PORT[,k=v...]",
+        action="append",
+        default=[],
+        help="an engine you already run (vllm+http://, sglang+http://, openai+http://), "
+        "fronted by a daemon of its own (repeatable; docs/ENGINES.md)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -105,6 +126,7 @@ def add_node_parsers(sub: Any) -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
+    from .api.app import serve_http
     from .config import load_node_config
     from .daemon import Daemon, print_bound
 
@@ -124,6 +146,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         "log_json": args.log_json,
         "log_level": args.log_level,
         "router": args.router,
+        "http_keep_alive": args.http_keep_alive,
+        "http_body_timeout": args.http_body_timeout,
+        "http_max_connections": args.http_max_connections,
+        "gossip_opts": args.gossip_opt,
     }
     try:
         config = load_node_config(args.config, flags)
@@ -140,7 +166,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                bound = await nursery.start(daemon.run)
+                bound = await nursery.start(daemon.run, serve_http)
                 print_bound(bound)
                 async for _ in signals:
                     await daemon.shutdown()
@@ -218,12 +244,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     # ignored, and Ctrl-C (or SIGTERM) must still stop the whole cluster.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    models = [m for m in args.models.split(",") if m]
+    models = [m for m in args.models.split(",") if m] if not args.engine else []
+    nodes = max(args.nodes, len(args.engine))
     procs = []
     try:
         first = None
-        for i in range(args.nodes):
-            mine = [models[j] for j in range(len(models)) if j % args.nodes == i]
+        for i in range(nodes):
+            mine = [models[j] for j in range(len(models)) if j % nodes == i]
+            if i < len(args.engine):  # one daemon beside each engine
+                mine.append(args.engine[i])
             proc, bound = spawn_node(f"node{i}", [first] if first else [], mine)
             first = first or bound["gossip"]
             procs.append(proc)

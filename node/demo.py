@@ -27,6 +27,7 @@ from rich.table import Table
 
 from .commands import spawn_node
 
+LLM = "chat"
 PAYLOADS = {
     "mlp": {
         "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.25] * 256}]
@@ -65,6 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
     plan = {f"node{i}": [] for i in range(n)}
     plan["node0"].append("mlp=builtin:mlp")
     plan["node1"].append("transformer=builtin:transformer")
+    plan["node1"].append(f"{LLM}=builtin:llm,size=small")
     plan["node2"].append("mlp=builtin:mlp")
     procs: dict[str, subprocess.Popen[str]] = {}
     bound: dict[str, dict[str, str]] = {}
@@ -99,9 +101,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 lambda: all(
                     client.get(f"http://{bound[o]['http']}/v2/models/{m}/ready").status_code == 200
                     for o in plan
-                    for m in PAYLOADS
+                    for m in [*PAYLOADS, LLM]
                 ),
-                60,
+                90,
             )
         if formed is None or ready is None:
             console.print("[red]the cluster did not form[/red]")
@@ -111,6 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"  {name}: http://{b['http']}  gossip {b['gossip']}  "
                 f"models: {', '.join(plan[name]) or '-'}"
             )
+        console.print(f"  cluster page (any node serves it): http://{bound['node0']['http']}/ui")
         figures.append(("cluster formed (all see all)", f"{formed:.2f} s"))
 
         # 1. Convergence: one node's tag change, observed by every other node.
@@ -171,7 +174,47 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         )
 
-        # 3. SIGKILL a replica while requests keep flowing; then restart it.
+        # 3. An LLM: a chat completion streamed through node0, which does not
+        #    hold the model (node1 does), token by token as node1 generates it.
+        console.print(f"  streaming a chat completion from {LLM!r} through node0 (held by node1):")
+        t0 = time.perf_counter()
+        first = None
+        pieces = 0
+        with client.stream(
+            "POST",
+            f"http://{bound['node0']['http']}/v1/chat/completions",
+            json={
+                "model": LLM,
+                "messages": [{"role": "user", "content": "Tell me about gossip."}],
+                "max_tokens": 48,
+                "stream": True,
+                "seed": args.seed,
+            },
+        ) as r:
+            served_by = r.headers.get("x-rumor-served-by", "?")
+            console.print("  [dim]>[/dim] ", end="")
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                import json
+
+                for choice in json.loads(line[6:]).get("choices", []):
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text and first is None:
+                        first = time.perf_counter() - t0
+                    pieces += bool(text)
+                    console.print(repr(text)[1:-1], end="", markup=False, highlight=False)
+        console.print()
+        took = time.perf_counter() - t0
+        figures.append(
+            (
+                f"LLM stream through node0 (served by {served_by})",
+                f"first token {1000 * (first or took):.0f} ms, {pieces} chunks in {took:.2f} s "
+                "(random weights: the text is noise)",
+            )
+        )
+
+        # 4. SIGKILL a replica while requests keep flowing; then restart it.
         victim = "node2"
         os.killpg(procs[victim].pid, signal.SIGKILL)
         procs[victim].wait(10)

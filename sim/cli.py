@@ -22,6 +22,14 @@ def add_sim_parser(sub: Any) -> None:
     sim.add_argument("--seed", type=int, help="seed for everything (default 1)")
     sim.add_argument("--interval", type=float, help="gossip interval, s (default 0.2)")
     sim.add_argument("--fanout", type=int, help="gossip fanout (default 3)")
+    sim.add_argument(
+        "--gossip-opt",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a gossip protocol setting, e.g. suspicion_max=4 (repeatable; any "
+        "gossip.config.GossipConfig field; also a [gossip] table in the scenario)",
+    )
     sim.add_argument("--loss", type=float, help="packet loss, 0..1 (default 0)")
     sim.add_argument("--latency-ms", type=float, help="one-way latency, ms (default 1)")
     sim.add_argument("--jitter-ms", type=float, help="extra uniform delay, ms (default 0.5)")
@@ -125,6 +133,12 @@ def run_sim_command(args: argparse.Namespace) -> int:
             wake_us=args.wake_us,
             duration=args.duration,
         )
+        if args.gossip_opt:
+            from node.config import parse_pairs
+
+            scn = scn.with_overrides(
+                gossip={**scn.gossip, **parse_pairs(args.gossip_opt, "gossip_opt")}
+            )
         if args.kill_at is not None:
             from .scenario import Event
 

@@ -26,6 +26,10 @@ from gossip.core import Datagram, GossipEvent, GossipNode, StreamFrame
 from gossip.crypto import Keyring
 from gossip.wire import Addr
 
+#: The simulated wall clock starts here (2026-01-01 UTC): node clocks are
+#: virtual time plus their skew plus this, so timestamps look like real ones.
+SIM_EPOCH = 1_767_225_600.0
+
 
 @dataclass
 class LinkModel:
@@ -141,6 +145,7 @@ class SimNetwork:
             generation=generation,
             config=config or self.config,
             keyring=kr,
+            wall_offset=SIM_EPOCH,
         )
         sn = SimNode(name, addr, node)
         if name in self.nodes:
@@ -151,16 +156,19 @@ class SimNetwork:
         self.by_addr[addr] = sn
         if join:
             node.join([self.nodes[j].addr for j in join if j in self.nodes], self._local(sn))
-        self._flush(sn)
+        self.flush(sn)
         return node
 
     def crash(self, name: str) -> None:
         self.nodes[name].alive = False
         self.nodes[name].inbox.clear()
 
-    def restart(self, name: str, join: list[str]) -> GossipNode:
+    def restart(self, name: str, join: list[str], generation: int | None = None) -> GossipNode:
+        """A new process for `name`: by default one generation up; pass
+        `generation` to model a lost disk or a clock set back."""
         old = self.nodes[name]
-        return self.add_node(name, join=join, generation=old.node.generation + 1)
+        gen = old.node.generation + 1 if generation is None else generation
+        return self.add_node(name, join=join, generation=gen)
 
     def pause(self, name: str, duration: float) -> None:
         """The node's process stops (a GC or GPU stall): nothing in or out."""
@@ -178,6 +186,10 @@ class SimNetwork:
 
     # -- the event loop ----------------------------------------------------------
 
+    def local_time(self, name: str) -> float:
+        """What `name`'s own clock reads now (virtual time plus its skew)."""
+        return self._local(self.nodes[name])
+
     def _local(self, sn: SimNode) -> float:
         return self.now + sn.skew + sn.drift * (self.now - sn.drift_since)
 
@@ -191,7 +203,7 @@ class SimNetwork:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, payload))
 
-    def _flush(self, sn: SimNode) -> None:
+    def flush(self, sn: SimNode) -> None:
         """Collect a node's outgoing messages and reschedule its timer."""
         for out in sn.node.take_outgoing():
             self._send(sn, out)
@@ -246,7 +258,7 @@ class SimNetwork:
                 self._enqueue(sn, "tick", None)
             else:
                 sn.node.tick(self._local(sn))
-                self._flush(sn)
+                self.flush(sn)
         elif kind == "wake":
             sn = self.nodes[payload]
             if sn.alive:
@@ -283,7 +295,7 @@ class SimNetwork:
                 self._schedule(dst.paused_until + 1e-6, kind, payload)
                 return True
             self._deliver(dst, kind, payload)
-            self._flush(dst)
+            self.flush(dst)
         return True
 
     def _deliver(self, dst: SimNode, kind: str, payload: Any) -> None:
@@ -307,7 +319,7 @@ class SimNetwork:
         sn = self.nodes[name]
         if self.host is None:
             change(sn.node, self._local(sn))
-            self._flush(sn)
+            self.flush(sn)
         else:
             self._enqueue(sn, "call", change)
 
@@ -360,7 +372,7 @@ class SimNetwork:
             self._schedule(self.now + cost, "send", (sn, out))
         if kind == "call":
             cost += self.host.per_call
-        self._flush(sn)  # re-arms the timer (nothing else is left to send)
+        self.flush(sn)  # re-arms the timer (nothing else is left to send)
         self._schedule(self.now + cost, "done", (sn, events))
 
     def _finish(self, sn: SimNode, events: list[GossipEvent]) -> None:
@@ -453,16 +465,8 @@ def bootstrap(
             for key, value in state.items():
                 sn.node.own.set_local(key, value, net.now)
             sn.node.state.touched(sn.name)
-    deltas = {sn.name: sn.node.own.delta_since(0, reset=True) for sn in nodes}
+    deltas = [sn.node.own.delta_since(0, reset=True) for sn in nodes]
     for sn in nodes:
-        sn.node._bc_records.clear()
-        for other in nodes:
-            if other is sn:
-                continue
-            rec = other.node.own
-            delta = deltas[other.name]
-            sn.node.state.apply_delta(delta, net.now)
-            sn.node._new_member(rec.name, rec.generation, rec.addr, net.now)
-        sn.node._bc_rumors.clear()  # nothing to announce: all known
+        sn.node.warm_start(deltas, net.now)
         sn.node.take_events()
     return net

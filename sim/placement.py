@@ -2,8 +2,8 @@
 
 N simulated nodes register the catalog (ORMap) and replica targets (LWWMap)
 CRDTs, as daemons do. One node adds `models` models with `replicas` replicas
-each; every node then computes node.placement.assign from its own view and
-runs a node.placement.Placer (the daemon's hysteresis), "loading" (instantly)
+each; every node then computes node.cluster.placement from its own view and
+runs a node.cluster.placement.Placer (the daemon's hysteresis), "loading" (instantly)
 what it is told to. Measured: the time until every model is held by exactly
 its assigned nodes, after the change and again after one holder crashes.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 from crdt import HLC, LWWMap, LWWRegister, ORMap
 from gossip.crypto import Keyring
-from gossip.wire import Status
-from node.placement import Placer, assign
+from node.cluster.placement import Placer, assign, placement
+from node.cluster.view import GossipView
 
 from .network import LinkModel, SimNetwork, bootstrap
 
@@ -24,11 +24,11 @@ STEP = 0.05
 
 
 def _view(net: SimNetwork, name: str) -> dict[str, list[str]]:
+    """What node `name` computes, with the daemon's code (node.cluster.placement
+    over node.cluster.view.GossipView of its gossip node)."""
     node = net.nodes[name].node
-    catalog, targets = node.crdt("catalog").value, node.crdt("replicas").value
-    wanted = {m: int(targets.get(m, 1)) for m in catalog}
-    alive = {n: 1.0 for n, m in node.members.items() if m.status == Status.ALIVE}
-    return assign(wanted, alive)
+    devices = GossipView(node).devices()
+    return placement(node.crdt("catalog").value, node.crdt("replicas").value, devices)
 
 
 def run_placement(
@@ -64,7 +64,7 @@ def run_placement(
         writer.node.update_crdt("catalog", delta, net.now)
         reps: LWWMap = writer.node.crdt("replicas")  # type: ignore[assignment]
         writer.node.update_crdt("replicas", reps.set("node0", model, replicas, ts), net.now)
-    net._flush(writer)
+    net.flush(writer)
 
     def step() -> None:
         for name, sn in net.nodes.items():

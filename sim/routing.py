@@ -23,22 +23,29 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.router import Candidate, drain, estimate, pick
+from node.cluster.admission import admits
+from node.cluster.routing import POLICIES as CLUSTER_POLICIES
+from node.cluster.routing import CandidateBuilder, Policy, RouterState
+from node.cluster.tries import Tries
+from node.cluster.view import LoadReport
 
 POLICIES = ("random", "round_robin", "least_loaded", "p2c", "p2c_fresh", "rumor", "oracle_jsq")
-
-
-@dataclass
-class _Router:
-    rr: int = 0
-    inflight: dict[int, int] = field(default_factory=dict)  # exact, own
-    published: dict[int, int] = field(default_factory=dict)  # as last gossiped
-    published_at: float = 0.0
-    sent_since: dict[int, int] = field(default_factory=dict)  # own sends since snapshot
+#: How each simulated policy maps onto the cluster layer: (policy, fresh view).
+#: `p2c_fresh` and `oracle_jsq` see the true queues now (no router can).
+PLAN: dict[str, tuple[str, bool]] = {
+    "random": ("random", False),
+    "round_robin": ("round_robin", False),
+    "least_loaded": ("least_loaded", False),
+    "p2c": ("p2c", False),
+    "p2c_fresh": ("p2c", True),
+    "rumor": ("rumor", False),
+    "rumor_no_admission": ("rumor", False),
+    "oracle_jsq": ("least_loaded", True),
+}
 
 
 @dataclass(frozen=True)
@@ -65,78 +72,49 @@ class RoutingResult:
         }
 
 
-def rumor_estimate(
-    queue_reported: int,
-    report_age_s: float,
-    service_s: float,
-    others_inflight: int,
-    own_inflight: int,
-    own_sent_since_report: int,
-) -> float:
-    """The `rumor` policy's load estimate: node.router.estimate, which the daemon runs."""
-    return estimate(
-        Candidate(
-            "",
-            queue=queue_reported,
-            age_s=report_age_s,
-            service_s=service_s,
-            others_inflight=others_inflight,
-            own_inflight=own_inflight,
-            own_sent_since=own_sent_since_report,
-        )
-    )
+@dataclass
+class _Router:
+    """A router of the model: the cluster layer's state, and what it gossips."""
+
+    state: RouterState = field(default_factory=RouterState)
+    published: dict[str, int] = field(default_factory=dict)  # in flight, as last gossiped
+    published_at: float = 0.0
 
 
-def choose(
-    policy: str,
-    rng: random.Random,
-    n: int,
-    router: _Router,
-    snapshot: list[int],
-    snapshot_age: Callable[[int], float],
-    true_queue: list[int],
-    others_inflight: Callable[[int], float],
-    service_of: Callable[[int], float],
-    exclude: set[int],
-) -> int:
-    if policy == "random":
-        return rng.randrange(n)
-    if policy == "round_robin":
-        router.rr = (router.rr + 1) % n
-        return router.rr
-    if policy == "oracle_jsq":
-        best = min(true_queue)
-        return rng.choice([i for i, q in enumerate(true_queue) if q == best])
-    if policy == "least_loaded":
-        best = min(snapshot)
-        return rng.choice([i for i, q in enumerate(snapshot) if q == best])
-    if policy.startswith("rumor"):
-        # The daemon's own code: node.router.pick over the ready replicas.
-        sample = rng.sample(range(n), 2 + len(exclude))
-        cands = [
-            Candidate(
-                str(i),
-                queue=snapshot[i],
-                age_s=snapshot_age(i),
-                service_s=service_of(i),
-                others_inflight=others_inflight(i),
-                own_inflight=router.inflight.get(i, 0),
-                own_sent_since=router.sent_since.get(i, 0),
-            )
-            for i in sample
-            if i not in exclude
-        ][:2]
-        chosen = pick(cands, rng)
-        assert chosen is not None
-        return int(chosen.name)
-    a, b = rng.sample(range(n), 2)
-    if policy == "p2c_fresh":
-        la, lb = true_queue[a], true_queue[b]
-    else:  # p2c on the stale snapshots
-        la, lb = snapshot[a], snapshot[b]
-    if la == lb:
-        return a if rng.random() < 0.5 else b
-    return a if la < lb else b
+class _View:
+    """The simulated cluster as a node.cluster.view.ClusterView: every node
+    ready, each seen through its last snapshot (or, `fresh`, as it is now)."""
+
+    def __init__(self, sim: _Nodes, fresh: bool) -> None:
+        self.sim, self.fresh = sim, fresh
+
+    def ready_replicas(self, model: str) -> list[str]:
+        return self.sim.names
+
+    def report(self, name: str) -> LoadReport:
+        i = int(name)
+        s = self.sim
+        if self.fresh:
+            return LoadReport(float(s.queue[i]), s.per_request[i], s.now)
+        return LoadReport(float(s.snapshot[i]), s.per_request[i], s.snap_at[i])
+
+    def inflight_reports(self) -> Iterator[tuple[str, Mapping[str, Any], float]]:
+        if self.fresh:
+            return
+        for r, rt in enumerate(self.sim.routers):
+            if rt.published:
+                yield f"r{r}", rt.published, rt.published_at
+
+
+@dataclass
+class _Nodes:
+    names: list[str]
+    queue: list[int]  # waiting + running, what a node reports
+    snapshot: list[int]
+    snap_at: list[float]
+    per_request: list[float]  # each node's EWMA service time per request
+    routers: list[_Router]
+    now: float = 0.0
 
 
 def simulate(
@@ -160,21 +138,30 @@ def simulate(
 
     Nodes serve up to `batch_max` waiting requests at once; a batch of b takes
     Exp(service_s) * (1 + batch_cost * (b - 1)) and they finish together
-    (`load` is relative to the unbatched capacity). Under `rumor`, a node
-    holding `busy_queue` or more answers "busy" at once and the router tries
-    another candidate after `rtt_s`, up to `retries` times; the last try is
-    admitted up to `queue_bound`. `rumor_no_admission` is the same router
-    without it. Every policy rejects past `queue_bound` (counted).
+    (`load` is relative to the unbatched capacity). Every router runs the
+    daemon's code: node.cluster.routing's policy over candidates built from
+    its view, its RouterState, and node.cluster.tries. Under `rumor`, a node
+    holding `busy_queue` or more answers "busy" at once (node.cluster.admission)
+    and the router tries another candidate after `rtt_s`, up to `retries`
+    times; the last try is admitted up to `queue_bound`. `rumor_no_admission`
+    is the same router without it. Every policy rejects past `queue_bound`.
     """
-    if policy not in POLICIES and policy != "rumor_no_admission":
+    if policy not in PLAN:
         raise ValueError(f"unknown policy {policy!r}; have {', '.join(POLICIES)}")
+    name, fresh = PLAN[policy]
+    chooser: Policy = CLUSTER_POLICIES[name]
     rng = random.Random(f"{seed}/{policy}/{routers}/{load}/{interval_s}")
     admission = policy == "rumor"
-    queue = [0] * nodes  # waiting + running, what a node reports
-    snapshot = [0] * nodes
-    snap_at = [0.0] * nodes
-    per_request = [service_s] * nodes  # each node's EWMA service time per request
-    rts = [_Router() for _ in range(routers)]
+    sim = _Nodes(
+        names=[str(i) for i in range(nodes)],
+        queue=[0] * nodes,
+        snapshot=[0] * nodes,
+        snap_at=[0.0] * nodes,
+        per_request=[service_s] * nodes,
+        routers=[_Router() for _ in range(routers)],
+    )
+    view = _View(sim, fresh)
+    queue, rts = sim.queue, sim.routers
     heap: list[tuple[float, int, int, int, Any]] = []  # (t, seq, kind, a, payload)
     seq = 0
 
@@ -196,19 +183,6 @@ def simulate(
     times: list[float] = []
     rejected = arrivals = 0
     warmup = requests // 10
-    now = 0.0
-
-    def others(r: int) -> Callable[[int], float]:
-        # Each router's gossiped count, drained for its age like a load report.
-        def at(i: int) -> float:
-            total = 0.0
-            for j, rt in enumerate(rts):
-                n = rt.published.get(i, 0)
-                if n and j != r:
-                    total += drain(n, now - rt.published_at, per_request[i])
-            return total
-
-        return at
 
     def start_batch(i: int) -> None:
         w = waiting[i]
@@ -219,63 +193,63 @@ def simulate(
             del w[: wait_head[i]]
             wait_head[i] = 0
         took = rng.expovariate(1 / service_s) * (1 + batch_cost * (b - 1))
-        per_request[i] = 0.9 * per_request[i] + 0.1 * (took / b)
-        push(now + took, DONE, i)
+        sim.per_request[i] = 0.9 * sim.per_request[i] + 0.1 * (took / b)
+        push(sim.now + took, DONE, i)
 
-    def route(t_in: int | float, r: int, tried: set[int]) -> None:
+    def route(t_in: float, r: int, tries: Tries) -> None:
         nonlocal rejected
-        rt = rts[r]
-        target = choose(
-            policy,
-            rng,
-            nodes,
-            rt,
-            snapshot,
-            lambda i: now - snap_at[i],
-            queue,
-            others(r),
-            lambda i: per_request[i],
-            tried,
-        )
-        if admission and queue[target] >= busy_queue and len(tried) < retries:
-            push(now + rtt_s, RETRY, r, (t_in, tried | {target}))  # "busy": try another
-            return
-        if queue[target] >= queue_bound:
+        state = rts[r].state
+        cand = CandidateBuilder(view, state, f"r{r}", sim.now)
+
+        def choose(exclude: set[str]) -> str | None:
+            names = [n for n in sim.names if n not in exclude] if exclude else sim.names
+            return chooser.choose(names, cand, rng, state) if names else None
+
+        target = tries.next(choose)
+        if target is None:
             rejected += 1
             return
-        queue[target] += 1
-        waiting[target].append((t_in, r))
-        rt.inflight[target] = rt.inflight.get(target, 0) + 1
-        rt.sent_since[target] = rt.sent_since.get(target, 0) + 1
-        if not running[target]:
-            start_batch(target)
+        i = int(target)
+        if admission and not admits(queue[i], busy_queue, tries.final):
+            tries.busy()  # "busy": try another after a round trip
+            push(sim.now + rtt_s, RETRY, r, (t_in, tries))
+            return
+        tries.done()
+        if queue[i] >= queue_bound:
+            rejected += 1
+            return
+        queue[i] += 1
+        waiting[i].append((t_in, r))
+        state.note_sent(target, sim.now)
+        if not running[i]:
+            start_batch(i)
 
     while heap and arrivals < requests + warmup:
-        now, _, kind, a, payload = heapq.heappop(heap)
+        sim.now, _, kind, a, payload = heapq.heappop(heap)
+        now = sim.now
         if kind == ARRIVE:
             arrivals += 1
             push(now + rng.expovariate(arrival_rate), ARRIVE)
-            route(now, rng.randrange(routers), set())
+            route(now, rng.randrange(routers), Tries(retries + 1))
         elif kind == RETRY:
             route(payload[0], a, payload[1])
         elif kind == DONE:
             for t_in, r in running[a]:
                 queue[a] -= 1
-                rts[r].inflight[a] -= 1
+                rts[r].state.note_done(str(a))
                 if arrivals > warmup:
                     times.append(now - t_in)
             running[a] = []
             if queue[a] > 0:
                 start_batch(a)
         elif kind == SNAP:
-            snapshot[a] = queue[a]
-            snap_at[a] = now
-            for rt in rts:
-                rt.sent_since.pop(a, None)
+            sim.snapshot[a] = queue[a]
+            sim.snap_at[a] = now
             push(now + interval_s, SNAP, a)
         else:  # PUBLISH: a router gossips its in-flight counts
-            rts[a].published = {k: v for k, v in rts[a].inflight.items() if v}
-            rts[a].published_at = now
+            rt = rts[a]
+            rt.published = {k: v for k, v in rt.state.inflight.items() if v}
+            rt.published_at = now
             push(now + interval_s, PUBLISH, a)
     times.sort()
     mean = sum(times) / len(times) if times else math.nan

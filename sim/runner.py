@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gossip.config import GossipConfig
 from gossip.core import EventType, GossipNode
 from gossip.crypto import Keyring
 
@@ -61,7 +60,7 @@ def run_scenario(
     timeline: Timeline | None = None,
 ) -> dict[str, Any]:
     wall0 = time.perf_counter()
-    config = GossipConfig(interval=scn.interval, fanout=scn.fanout)
+    config = scn.gossip_config()
     link = LinkModel(
         latency=scn.latency_ms / 1000,
         jitter=scn.jitter_ms / 1000,

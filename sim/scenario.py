@@ -21,6 +21,9 @@ From CLI flags, or from a TOML file such as::
     at = 40
     action = "heal"
 
+A `[gossip]` table sets protocol knobs (any gossip.config.GossipConfig
+field), exactly as in a node's config file.
+
 Actions: update (node?), kill (node), restart (node), pause (node, duration),
 partition (groups | sizes; one-way with oneway = true), heal, loss (value),
 latency (ms), skew (node, offset, drift). A missing `node` means a random
@@ -33,6 +36,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from gossip.config import GossipConfig
 
 ACTIONS = {
     "update": {"node"},
@@ -86,6 +91,9 @@ class Scenario:
     #: A random live node writes a key every this many seconds (0 for none).
     updates_every: float = 5.0
     encrypt: bool = True
+    #: Gossip protocol knobs over GossipConfig's defaults (the same table as the
+    #: node's [gossip]); `interval` and `fanout` above are the common two.
+    gossip: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     events: tuple[Event, ...] = ()
 
     def __post_init__(self) -> None:
@@ -110,6 +118,11 @@ class Scenario:
         _check(_num(self.call_us) and self.call_us >= 0, "call_us", ">= 0")
         _check(_num(self.wake_us) and self.wake_us >= 0, "wake_us", ">= 0")
         _check(_num(self.background) and 0 <= self.background < 1, "background", "in [0, 1)")
+        _check(isinstance(self.gossip, dict), "gossip", "a table of protocol settings")
+        try:
+            self.gossip_config()
+        except ValueError as e:  # node.config's errors name the field
+            raise ScenarioError(str(e)) from None
         names = {f"node{i}" for i in range(self.nodes)}
         for i, ev in enumerate(self.events):
             where = f"event[{i}]"
@@ -164,6 +177,11 @@ class Scenario:
             if ev.action == "skew":
                 _check(_num(ev.params.get("offset", 0.0)), f"{where}.offset", "a number")
                 _check(_num(ev.params.get("drift", 0.0)), f"{where}.drift", "a number")
+
+    def gossip_config(self) -> GossipConfig:
+        from node.config import gossip_config
+
+        return gossip_config(self.gossip, GossipConfig(interval=self.interval, fanout=self.fanout))
 
     @property
     def kills(self) -> bool:

@@ -42,12 +42,12 @@ def rounds_to_inform_all(n: int, mode: str, seed: int) -> int:
     # Align every node's rounds on one grid, then write just before a round.
     grid = net.now + INTERVAL
     for sn in net.nodes.values():
-        sn.node._next_round = grid
+        sn.node.align_rounds(grid)
         sn.next_tick = float("inf")
-        net._flush(sn)
+        net.flush(sn)
     writer = net.nodes["node0"]
     writer.node.set_key("rumor", 1, net.now)
-    net._flush(writer)
+    net.flush(writer)
     informed = {"node0"}
     for r in range(1, 10 * n):
         net.run_until(grid + (r - 1) * INTERVAL + INTERVAL / 2)

@@ -272,17 +272,17 @@ def test_catalog_survives_kill_9_of_every_node(tmp_path: Path) -> None:
         c.start("b", [], [a["gossip"]], extra)
         base = f"http://{a['http']}"
         spec = {"name": "enc", "source": "builtin:transformer", "max_batch_size": 8}
-        assert httpx.post(f"{base}/v1/models", json=spec).status_code == 401
+        assert httpx.post(f"{base}/v1/catalog", json=spec).status_code == 401
         auth = {"authorization": "Bearer s3cret"}
-        assert httpx.post(f"{base}/v1/models", json=spec, headers=auth).status_code == 201
-        assert httpx.post(f"{base}/v1/models", json={"name": "x"}, headers=auth).status_code == 400
-        r = httpx.put(f"{base}/v1/models/enc/replicas", json={"replicas": 2}, headers=auth)
+        assert httpx.post(f"{base}/v1/catalog", json=spec, headers=auth).status_code == 201
+        assert httpx.post(f"{base}/v1/catalog", json={"name": "x"}, headers=auth).status_code == 400
+        r = httpx.put(f"{base}/v1/catalog/enc/replicas", json={"replicas": 2}, headers=auth)
         assert r.status_code == 200
         r = httpx.put(f"{base}/v1/node/tags", json={"zone": "eu-1"}, headers=auth)
         assert r.status_code == 200
         b_base = f"http://{c.bound['b']['http']}"
         wait_for(
-            lambda: httpx.get(f"{b_base}/v1/models").json()["replicas"] == {"enc": 2},
+            lambda: httpx.get(f"{b_base}/v1/catalog").json()["replicas"] == {"enc": 2},
             10,
             "catalog on b",
         )
@@ -294,7 +294,7 @@ def test_catalog_survives_kill_9_of_every_node(tmp_path: Path) -> None:
         a = c.start("a", [], [], extra)
         c.start("b", [], [a["gossip"]], extra)
         for n in ("a", "b"):
-            models = httpx.get(f"http://{c.bound[n]['http']}/v1/models").json()
+            models = httpx.get(f"http://{c.bound[n]['http']}/v1/catalog").json()
             assert models["catalog"]["enc"]["source"] == "builtin:transformer"
             assert models["replicas"] == {"enc": 2}
         wait_for(
@@ -376,5 +376,5 @@ def test_pathological_json_is_a_400_not_a_500(cluster: Cluster) -> None:
     )
     assert r.status_code == 400 and "JSON" in r.json()["error"]
     spec = {"name": "m", "source": "builtin:mlp", "max_batch_size": [1]}
-    r = httpx.post(f"http://{cluster.http('n0')}/v1/models", json=spec, timeout=10)
+    r = httpx.post(f"http://{cluster.http('n0')}/v1/catalog", json=spec, timeout=10)
     assert r.status_code == 400 and "max_batch_size" in r.json()["error"]

@@ -18,5 +18,8 @@ def test_fuzzed_daemons_survive_account_for_everything_and_keep_state() -> None:
     assert auth["unaccounted"] == 0 and auth["handler_errors"] == 0, auth
     assert auth["dropped"] > 0 and auth["handled"] > 0  # both paths were exercised
     assert r["http"].get("server_errors", 0) == 0, r["http"]
+    # A dropped connection is recorded with its request (r["http"]["findings"]);
+    # only a request the daemon does not answer on a fresh connection either fails.
+    assert r["http"].get("unanswered", 0) == 0, r["http"].get("findings")
     assert r["http"].get("4xx", 0) > 0
     assert r["converged_and_serving"], r.get("final_views")

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from node.cluster.placement import assign
 from node.commands import spawn_node
-from node.placement import assign
 from tests.waiting import wait_for
 
 
@@ -60,9 +60,9 @@ def test_targets_are_met_by_the_assigned_nodes_and_lowered_without_thrash(
     nodes: dict[str, str],
 ) -> None:
     api = f"http://{nodes['p1']}"
-    r = httpx.post(f"{api}/v1/models", json={"name": "pm", "source": "builtin:mlp"})
+    r = httpx.post(f"{api}/v1/catalog", json={"name": "pm", "source": "builtin:mlp"})
     assert r.status_code == 201, r.text
-    assert httpx.put(f"{api}/v1/models/pm/replicas", json={"replicas": 2}).status_code == 200
+    assert httpx.put(f"{api}/v1/catalog/pm/replicas", json={"replicas": 2}).status_code == 200
     expect = assign({"pm": 2}, {n: 1.0 for n in nodes})["pm"]
 
     def met() -> bool:
@@ -90,7 +90,7 @@ def test_targets_are_met_by_the_assigned_nodes_and_lowered_without_thrash(
     )
     assert "target against actual" in out.stdout and "pm" in out.stdout
 
-    assert httpx.put(f"{api}/v1/models/pm/replicas", json={"replicas": 1}).status_code == 200
+    assert httpx.put(f"{api}/v1/catalog/pm/replicas", json={"replicas": 1}).status_code == 200
     keep = assign({"pm": 1}, {n: 1.0 for n in nodes})["pm"]
     time.sleep(1.0)  # within the unload hold: nothing is unloaded yet (hysteresis)
     assert sorted(placement(nodes["p0"])["pm"]["ready"]) == sorted(expect)

@@ -45,8 +45,7 @@ def populate(node: GossipNode, members: int, value_bytes: int, now: float) -> No
             (KeyUpdate("blob", 1, "x" * value_bytes), KeyUpdate("zone", 2, f"z{i % 7}")),
             reset=True,
         )
-        node.state.apply_delta(delta, now)
-        node._new_member(name, 1, delta.addr, now)
+        node.warm_start([delta], now)
 
 
 def sizes(outgoing: list[Datagram | StreamFrame]) -> list[int]:

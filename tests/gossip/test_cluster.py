@@ -46,7 +46,7 @@ def test_random_updates_converge_under_loss_and_duplication(
     for i, key, value in writes:
         name = f"node{i}"
         net.nodes[name].node.set_key(key, value, net.now)
-        net._flush(net.nodes[name])
+        net.flush(net.nodes[name])
         expected[(name, key)] = value
         net.run_for(0.05)
     net.link.loss = net.link.duplicate = 0.0  # heal, then quiesce
@@ -58,7 +58,7 @@ def test_random_updates_converge_under_loss_and_duplication(
 def test_one_change_reaches_everyone_fast() -> None:
     net = cluster(40, seed=3)
     net.nodes["node7"].node.set_key("tag", "gpu=h100", net.now)
-    net._flush(net.nodes["node7"])
+    net.flush(net.nodes["node7"])
     t0 = net.now
     assert net.run_until_true(lambda: values(net, "node7", "tag") == ["gpu=h100"] * 40, 2, 0.001)
     # Eager infect-and-forward: well under one 200 ms round at 1 ms latency.
@@ -75,7 +75,7 @@ def test_join_restart_with_new_generation_and_leave() -> None:
     net.run_for(0.5)
     new = net.restart("node3", join=["node0"])
     new.set_key("new", 2, net.now)
-    net._flush(net.nodes["node3"])
+    net.flush(net.nodes["node3"])
     assert net.run_until_true(
         lambda: all(
             sn.node.members["node3"].generation == 2
@@ -89,7 +89,7 @@ def test_join_restart_with_new_generation_and_leave() -> None:
     )
     # Graceful leave: everyone sees LEFT, not DEAD.
     net.nodes["node1"].node.leave(net.now)
-    net._flush(net.nodes["node1"])
+    net.flush(net.nodes["node1"])
     net.crash("node1")
     assert net.run_until_true(
         lambda: all(net.status_of(sn.name, "node1") == Status.LEFT for sn in net.live()), 5
@@ -194,7 +194,7 @@ def test_deleted_keys_are_collected_without_resurrection() -> None:
     assert net.run_until_true(lambda: values(net, "node1", "gone") == ["soon"] * 4, 5)
     net.partition({"node3"}, {"node0", "node1", "node2"})
     owner.delete_key("gone", net.now)
-    net._flush(net.nodes["node1"])
+    net.flush(net.nodes["node1"])
     net.run_for(3)  # the tombstone is collected while node3 is away
     assert "gone" not in owner.own.entries and owner.own.gc_floor > 0
     net.heal()
@@ -211,7 +211,7 @@ def test_cluster_crdt_converges() -> None:
     for i in range(6):
         node = net.nodes[f"node{i}"].node
         node.update_crdt("models", node.crdt("models").add(node.name, f"m{i}"), net.now)
-        net._flush(net.nodes[f"node{i}"])
+        net.flush(net.nodes[f"node{i}"])
     assert net.run_until_true(net.converged, 10)
     want = frozenset(f"m{i}" for i in range(6))
     assert all(sn.node.crdt("models").value == want for sn in net.live())
@@ -246,7 +246,7 @@ def test_node_state_of_64kb_replicates() -> None:
     net = cluster(4, seed=12)
     blob = "z" * 65_536
     net.nodes["node2"].node.set_key("weights-manifest", blob, net.now)
-    net._flush(net.nodes["node2"])
+    net.flush(net.nodes["node2"])
     assert net.run_until_true(lambda: values(net, "node2", "weights-manifest") == [blob] * 4, 5)
 
 
@@ -309,7 +309,7 @@ def test_a_large_change_is_pulled_once_per_node() -> None:
     frames0 = sum(sn.node.counters["frames_out"] for sn in net.live())
     writer = net.nodes["node4"]
     writer.node.set_key("blob", "x" * 4096, net.now)
-    net._flush(writer)
+    net.flush(writer)
     net.run_for(1.0)
     assert all(sn.node.record("node4").get("blob") == "x" * 4096 for sn in net.live())  # type: ignore[union-attr]
     frames = sum(sn.node.counters["frames_out"] for sn in net.live()) - frames0

@@ -9,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gossip.core import Datagram, GossipNode
-from gossip.crypto import Keyring
+from gossip.crypto import ENVELOPE_VERSION, Keyring
 from gossip.wire import PROTO_VERSION, MsgType
 
 from .helpers import KEY
@@ -119,7 +119,7 @@ def test_insecure_node_rejects_sealed_and_garbage() -> None:
     a, _ = _pair(None)
     sealed = _valid_datagrams(*reversed(_pair(KEY)))[0]
     a.receive_datagram(sealed, SRC, 1.0)
-    a.receive_datagram(b"\x01\x00\xc1", SRC, 1.0)
+    a.receive_datagram(bytes((ENVELOPE_VERSION, 0)) + b"\xc1", SRC, 1.0)
     assert a.counters["dropped_auth_failed"] == 1 and a.counters["dropped_malformed"] == 1
 
 

@@ -38,10 +38,12 @@ def test_bad_host_model_is_a_scenario_error() -> None:
         Scenario(cores=2, call_us=-1.0)
 
 
-def _write(host: HostModel, n: int = 5) -> tuple[SimNetwork, float, list[tuple[float, str]]]:
+def _write(
+    host: HostModel, n: int = 5, seed: int = 7
+) -> tuple[SimNetwork, float, list[tuple[float, str]]]:
     """A warm cluster on a fast link where node0 writes a key at once. Returns
     the network, the time of the write and every departure (time, sender)."""
-    net = bootstrap(n, 7, link=LinkModel(latency=1e-5), host=host)
+    net = bootstrap(n, seed, link=LinkModel(latency=1e-5), host=host)
     net.run_for(1.0)
     sent: list[tuple[float, str]] = []
     send = net._send
@@ -101,11 +103,16 @@ def test_a_write_holds_its_core_for_its_call_cost() -> None:
 
 
 def test_background_load_slows_a_busy_host() -> None:
-    # Each of 10 nodes keeps 5% of the single core busy besides messages.
-    quiet = _reports(*_write(HostModel(cores=1, per_message=0.001), n=10)[:2])
-    busy = _reports(*_write(HostModel(cores=1, per_message=0.001, background=0.05), n=10)[:2])
-    assert len(quiet) == len(busy) == 9
-    assert max(busy.values()) > max(quiet.values())
+    # Each of 10 nodes keeps 5% of the single core busy besides messages. One
+    # run's dissemination tree can differ enough to hide it, so average seeds.
+    def mean_report(host: HostModel) -> float:
+        runs = [_reports(*_write(host, n=10, seed=s)[:2]) for s in range(1, 6)]
+        assert all(len(r) == 9 for r in runs)
+        return sum(sum(r.values()) for r in runs) / 45
+
+    quiet = mean_report(HostModel(cores=1, per_message=0.001))
+    busy = mean_report(HostModel(cores=1, per_message=0.001, background=0.05))
+    assert busy > 1.5 * quiet
 
 
 def test_an_idle_core_takes_its_wake_up_time() -> None:

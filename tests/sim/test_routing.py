@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.routing import POLICIES, rumor_estimate, simulate
+from sim.routing import POLICIES, simulate
 
 
 def test_stale_least_loaded_herds_and_power_of_two_does_not() -> None:
@@ -34,18 +34,6 @@ def test_results_are_deterministic_and_complete() -> None:
         "p99_s",
         "rejected",
     }
-
-
-def test_rumor_estimate_combines_drained_report_and_inflight() -> None:
-    # A 10-deep report 0.5 s old at 0.1 s per request has drained to 5, plus 2 sent since.
-    assert (
-        rumor_estimate(10, 0.5, 0.1, others_inflight=0, own_inflight=0, own_sent_since_report=2)
-        == 7
-    )
-    # Routers' in-flight counts win when they say more.
-    assert (
-        rumor_estimate(0, 5.0, 0.1, others_inflight=6, own_inflight=3, own_sent_since_report=0) == 9
-    )
 
 
 def test_unknown_policy_is_refused() -> None:

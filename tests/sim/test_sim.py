@@ -149,3 +149,16 @@ def test_theory_check_tracks_the_epidemic_bounds() -> None:
     assert math.log2(n) <= push <= 2 * (math.log2(n) + math.log(n))
     assert math.log(n, 3) <= pull <= math.log(n, 3) + 2 * math.log(math.log(n)) + 2
     assert pull < push
+
+
+def test_a_scenarios_gossip_table_reaches_every_core(tmp_path: Path) -> None:
+    from sim.scenario import ScenarioError, load_scenario
+
+    f = tmp_path / "s.toml"
+    f.write_text("nodes = 5\nduration = 2\n[gossip]\nsuspicion_max = 4.5\nfanout = 2\n")
+    scn = load_scenario(f)
+    g = scn.gossip_config()
+    assert (g.suspicion_max, g.fanout, g.interval) == (4.5, 2, scn.interval)
+    f.write_text("nodes = 5\n[gossip]\nbogus = 1\n")
+    with pytest.raises(ScenarioError, match=r"gossip\.bogus"):
+        load_scenario(f)

@@ -49,7 +49,7 @@ class GossipMachine(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(live))
         sn = self.net.nodes[name]
         sn.node.set_key(key, value, self.net._local(sn))
-        self.net._flush(sn)
+        self.net.flush(sn)
         self.expected[(name, key)] = value
 
     @rule(loss=st.floats(0, 0.4))

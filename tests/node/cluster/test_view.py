@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.daemon import model_info
+from node.cluster.view import model_info
 
 
 def test_model_info_reads_only_well_formed_entries() -> None:

@@ -7,8 +7,8 @@ import sys
 
 def test_daemon_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, node.daemon, node.http, node.commands, inference.service;"
-        "from node.daemon import _device_info; _device_info();"
+        "import sys, node.daemon, node.api.app, node.commands, inference.service;"
+        "from node.daemon import device_info; device_info();"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

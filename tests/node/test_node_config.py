@@ -59,3 +59,30 @@ def test_unknown_setting_in_file(tmp_path: Path) -> None:
     f.write_text('[node]\nname = "a"\ncolour = "red"\n')
     with pytest.raises(ConfigError, match="colour"):
         load_node_config(str(f), {}, env={})
+
+
+def test_gossip_knobs_come_from_one_table_flags_and_env(tmp_path: Path) -> None:
+    from gossip.config import GossipConfig
+    from node.config import load_node_config
+
+    f = tmp_path / "n.toml"
+    f.write_text(
+        '[node]\nname = "a"\ninterval = 0.5\n[gossip]\nprobe_timeout = 0.4\nsuspicion_max = 6\n'
+    )
+    cfg = load_node_config(
+        str(f),
+        {"gossip_opts": ["suspicion_max=7", "indirect_probes=2"]},
+        env={"RUMOR_GOSSIP_RETRANSMIT_MULT": "5"},
+    )
+    g = cfg.gossip_config()
+    assert isinstance(g, GossipConfig)
+    assert (g.interval, g.probe_timeout, g.suspicion_max, g.indirect_probes) == (0.5, 0.4, 7.0, 2)
+    assert g.retransmit_mult == 5 and g.fanout == GossipConfig().fanout  # defaults written once
+    for bad, words in (
+        ({"gossip_opts": ["nope=1"]}, "gossip.nope: unknown setting"),
+        ({"gossip_opts": ["probe_timeout=fast"]}, "gossip.probe_timeout"),
+        ({"gossip_opts": ["probe_timeout=-1"]}, "probe_timeout must be positive"),
+        ({"gossip_opts": ["justakey"]}, "not KEY=VALUE"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            load_node_config(None, {"name": "a", **bad}, env={})

@@ -1,6 +1,7 @@
 """Decentralized placement: every node computes the same assignment from its own
 view, with no coordinator. Pure (no I/O, no clock), so the simulator
-(`rumor sim placement`) runs the same code as the daemon.
+(`rumor sim placement`) runs the same code as the daemon (`placement` and
+`Placer` both).
 
 * The catalog (an ORMap of model specs) and the replica targets (an LWWMap)
   are CRDTs, gossiped like everything else.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -36,6 +37,26 @@ def assign(targets: Mapping[str, int], capacity: Mapping[str, float]) -> dict[st
         ranked = sorted(capacity, key=lambda n: (-score(n, model, capacity[n]), n))
         out[model] = ranked[: max(0, min(k, len(ranked)))]
     return out
+
+
+def replica_target(v: object) -> int:
+    """A gossiped replica target: a non-negative int, else the default 1."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 1
+
+
+def placement(
+    catalog: Mapping[str, object],
+    targets: Mapping[str, object],
+    devices: Mapping[str, object],
+    draining: Iterable[str] = (),
+) -> dict[str, list[str]]:
+    """model -> the nodes that should hold it: every catalog model at its
+    replica target, over the alive nodes in `devices` (name -> gossiped device)
+    less those draining. Each node computes this from its own view."""
+    away = set(draining)
+    capacity = {n: capacity_of(d) for n, d in devices.items() if n not in away}
+    wanted = {m: replica_target(targets.get(m, 1)) for m in catalog}
+    return assign(wanted, capacity)
 
 
 def capacity_of(device: object) -> float:

@@ -1,8 +1,8 @@
-"""node.placement: the same assignment from every view, little movement, no thrash."""
+"""node.cluster.placement: the same assignment from every view, little movement, no thrash."""
 
 from __future__ import annotations
 
-from node.placement import Placer, assign, capacity_of
+from node.cluster.placement import Placer, assign, capacity_of
 from sim.placement import run_placement
 
 

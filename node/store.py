@@ -1,0 +1,136 @@
+"""What a node keeps on disk with `--data-dir`: its last generation, the
+operator's cluster data (catalog and replica targets, CRDTs), its tags, and a
+snapshot of the members it knew (Serf's `-snapshot`), so that a restart rejoins
+them even when its seeds are gone. Every file is written atomically (write,
+fsync, rename); an unreadable file is logged and ignored, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import msgpack
+
+from crdt import CRDT, DecodeError, LWWMap, ORMap, decode, encode
+
+log = logging.getLogger("rumor.node")
+
+#: Members remembered at most (most recently heard first).
+SNAPSHOT_MEMBERS = 128
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write, fsync, rename: a crash leaves the old file or the new one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class NodeStore:
+    """The data dir, or nothing (every read finds nothing, every write is a no-op)."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.dir = Path(data_dir) if data_dir else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _read(self, name: str) -> bytes | None:
+        if self.dir is None:
+            return None
+        try:
+            return (self.dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.error("ignoring unreadable %s: %s", self.dir / name, e)
+            return None
+
+    def _write(self, name: str, data: bytes) -> None:
+        if self.dir is not None:
+            atomic_write(self.dir / name, data)
+
+    # -- generation ----------------------------------------------------------------
+
+    def generation(self) -> int | None:
+        raw = self._read("generation")
+        try:
+            return int(raw) if raw is not None else None
+        except ValueError:
+            log.error("ignoring unreadable generation file: %r", raw[:40] if raw else raw)
+            return None
+
+    def save_generation(self, generation: int) -> None:
+        self._write("generation", str(generation).encode())
+
+    # -- the operator's cluster data -------------------------------------------------
+
+    def cluster_state(self) -> tuple[ORMap, LWWMap] | None:
+        raw = self._read("cluster-state.msgpack")
+        if raw is None:
+            return None
+        try:
+            blobs = msgpack.unpackb(raw, raw=False)
+            catalog, replicas = decode(blobs[0]), decode(blobs[1])
+        except (ValueError, DecodeError, IndexError, TypeError, KeyError) as e:
+            log.error("ignoring unreadable cluster-state.msgpack: %s", e)
+            return None
+        if not isinstance(catalog, ORMap) or not isinstance(replicas, LWWMap):
+            log.error("ignoring cluster-state.msgpack: unexpected types")
+            return None
+        return catalog, replicas
+
+    def save_cluster_state(self, catalog: CRDT, replicas: CRDT) -> None:
+        blob = msgpack.packb([encode(catalog), encode(replicas)], use_bin_type=True)
+        self._write("cluster-state.msgpack", blob)
+
+    # -- tags --------------------------------------------------------------------------
+
+    def tags(self) -> dict[str, str] | None:
+        raw = self._read("tags.json")
+        try:
+            tags = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        if isinstance(tags, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        ):
+            return tags
+        return None
+
+    def save_tags(self, tags: dict[str, str]) -> None:
+        self._write("tags.json", json.dumps(tags).encode())
+
+    # -- the members snapshot ----------------------------------------------------------
+
+    def members(self) -> list[tuple[str, str]]:
+        """(name, gossip HOST:PORT) of the members known at the last snapshot."""
+        raw = self._read("members.json")
+        try:
+            items = json.loads(raw) if raw is not None else []
+        except ValueError:
+            return []
+        if not isinstance(items, list):
+            return []
+        return [
+            (str(i[0]), str(i[1]))
+            for i in items[:SNAPSHOT_MEMBERS]
+            if isinstance(i, list) and len(i) == 2 and all(isinstance(x, str) for x in i)
+        ]
+
+    def save_members(self, members: list[tuple[str, str]]) -> None:
+        self._write("members.json", json.dumps([list(m) for m in members]).encode())
+
+    def __repr__(self) -> str:
+        return f"NodeStore({str(self.dir) if self.dir else None!r})"
+
+
+def snapshot_of(members: list[tuple[str, str, float]]) -> list[tuple[str, str]]:
+    """The members worth remembering: most recently heard first, bounded."""
+    ranked = sorted(members, key=lambda m: -m[2])
+    return [(name, addr) for name, addr, _ in ranked[:SNAPSHOT_MEMBERS]]
