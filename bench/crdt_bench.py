@@ -1,4 +1,9 @@
-"""CRDT micro-benchmark: rumor's crdt package against the `crdts` package from PyPI.
+"""CRDT micro-benchmark: rumor's crdt package against `crdts` or `pycrdt` from PyPI.
+
+With `--peer pycrdt` it runs the causally ordered workloads of
+bench/crdt_pycrdt.py instead (build, in-memory merge, wire merge, delta sync,
+bytes, delta joins) against pycrdt (Yrs, the Rust Yjs); see that module.
+The rest of this docstring is about the default peer, `crdts`.
 
 For states of 10, 1,000 and 100,000 elements it measures, in one run and on the
 same operation sequence for both libraries:
@@ -12,6 +17,7 @@ per replica id), PNCounter ~ CounterSet with increases and decreases, ORSet ~
 crdts.ORSet (elements observed by one replica, the second replica overlapping).
 
     python bench/crdt_bench.py [--sizes 10,1000,100000] [--json] [--markdown]
+    python bench/crdt_bench.py --peer pycrdt [--sizes 1000,10000,100000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -183,11 +189,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--sizes", default="10,1000,100000")
+    ap.add_argument("--peer", choices=["crdts", "pycrdt"], default="crdts")
+    ap.add_argument("--sizes", default=None, help="default 10,1000,100000 (pycrdt: 1000,...)")
+    ap.add_argument("--repeats", type=int, default=5, help="pycrdt: runs per median")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.peer == "pycrdt":
+        return main_pycrdt(args)
+    sizes = [int(s) for s in (args.sizes or "10,1000,100000").split(",")]
 
     from rich.progress import Progress
 
@@ -216,6 +226,33 @@ def main() -> int:
         f"\ntargets: merge speed-up >= 10x everywhere: {ok_merge}; "
         f"bytes <= 0.5x everywhere: {ok_bytes}"
     )
+    return 0
+
+
+def main_pycrdt(args: argparse.Namespace) -> int:
+    import crdt_pycrdt as vs
+
+    sizes = [int(s) for s in (args.sizes or "1000,10000,100000").split(",")]
+    rows = []
+    for n in sizes:
+        for kind in ("LWWMap", "ORSet"):
+            # Fewer repeats at 100,000: each run is a second or more of building.
+            repeats = args.repeats if n < 100_000 else max(3, args.repeats // 2)
+            rows.append(vs.measure(kind, n, repeats))
+            print(f"measured {kind} n={n:,}", file=sys.stderr)
+    joins = [vs.delta_join(10_000, 5_000, args.repeats)]
+    meta = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "peer": vs.peer_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if args.json:
+        print(json.dumps({"meta": meta, "results": rows, "joins": joins}, indent=1))
+        return 0
+    print(f"{meta}\n")
+    print(vs.markdown(rows, joins))
+    print("\ntargets:\n  " + "\n  ".join(vs.targets(rows, joins)))
     return 0
 
 

@@ -8,6 +8,7 @@ idempotent, mutators return deltas that join like full states, and
 from ._wire import expect_plain
 from .base import CRDT as CRDT
 from .causal import CausalContext as CausalContext
+from .causal import ContextDigest as ContextDigest
 from .causal import ORMap as ORMap
 from .causal import ORSet as ORSet
 from .codec import TYPES as TYPES

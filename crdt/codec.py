@@ -2,7 +2,7 @@
 
     envelope = msgpack array [version, type_tag, payload]
 
-`version` is `WIRE_VERSION` (1); `type_tag` names the type (see `TYPES`);
+`version` is `WIRE_VERSION` (2); `type_tag` names the type (see `TYPES`);
 `payload` is the type's `to_wire()`. Decoding sets explicit msgpack limits on
 every length and on the total size, rejects ext types, and validates the whole
 payload before building anything, so it either returns a complete value or
@@ -21,7 +21,8 @@ from .counters import GCounter, PNCounter
 from .errors import DecodeError
 from .registers import LWWMap, LWWRegister
 
-WIRE_VERSION: Final = 1
+#: 2: columnar LWWMap, ORSet and ORMap payloads (issue #23); 1 is rejected.
+WIRE_VERSION: Final = 2
 #: Default cap on one encoded CRDT (bulk sync frames are bounded by this too).
 DEFAULT_MAX_BYTES: Final = 16 * 1024 * 1024
 

@@ -8,39 +8,43 @@ every replica picks the same winner.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Self
+from typing import Any, Final, Self
 
 import msgpack
 
-from ._wire import (
-    expect_key,
-    expect_list,
-    expect_plain,
-    expect_replica,
-    expect_uint,
-)
+from ._wire import MAX_UINT, expect_list, expect_plain, expect_replica, expect_uint
 from .base import CRDT
 from .errors import DecodeError
+from .lwwmap_wire import (
+    TOMBSTONE,
+    Columns,
+    Entry,
+    build_entries,
+    lwwmap_columns,
+    lwwmap_to_wire,
+)
 
 
-class _Entry(NamedTuple):
-    ts: int
-    replica: str
-    alive: bool
-    value: Any
-
-
-def _wins(a: _Entry, b: _Entry) -> bool:
+def _wins(a: Entry, b: Entry) -> bool:
     """True when `a` beats `b` (strictly)."""
-    if a.ts != b.ts:
-        return a.ts > b.ts
-    if a.replica != b.replica:
-        return a.replica > b.replica
-    if a.alive != b.alive:
-        return not a.alive
-    pa: bytes = msgpack.packb(a.value, use_bin_type=True)
-    pb: bytes = msgpack.packb(b.value, use_bin_type=True)
+    if a[1] != b[1]:
+        return a[1] > b[1]
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    va, vb = a[3], b[3]
+    a_dead, b_dead = va is TOMBSTONE, vb is TOMBSTONE
+    if a_dead or b_dead:
+        return a_dead and not b_dead
+    # The same write seen twice (the common tie): equal scalars of one type
+    # encode equally, so skip packing them (1 == True and 0.0 == -0.0 do not).
+    if type(va) is type(vb) and type(va) in _EXACT_SCALARS and va == vb:
+        return False
+    pa: bytes = msgpack.packb(va, use_bin_type=True)
+    pb: bytes = msgpack.packb(vb, use_bin_type=True)
     return pa > pb
+
+
+_EXACT_SCALARS: Final = frozenset((type(None), bool, int, str, bytes))
 
 
 def _check_local_value(value: object) -> None:
@@ -51,11 +55,11 @@ def _check_local_value(value: object) -> None:
 
 
 def _check_ts(ts: int) -> None:
-    if type(ts) is not int or ts <= 0:
+    if type(ts) is not int or ts <= 0 or ts > MAX_UINT:
         raise ValueError("ts must be a positive HLC timestamp")
 
 
-_EMPTY = _Entry(0, "", True, None)
+_EMPTY: Final[Entry] = ("", 0, "", None)
 
 
 class LWWRegister(CRDT):
@@ -68,7 +72,7 @@ class LWWRegister(CRDT):
     __slots__ = ("_e",)
 
     def __init__(self, value: Any = None, ts: int = 0, replica: str = "") -> None:
-        self._e = _Entry(ts, replica, True, value) if ts else _EMPTY
+        self._e: Entry = (replica, ts, "", value) if ts else _EMPTY
 
     def set(self, replica: str, value: Any, ts: int) -> LWWRegister:
         _check_ts(ts)
@@ -79,14 +83,14 @@ class LWWRegister(CRDT):
 
     @property
     def ts(self) -> int:
-        return self._e.ts
+        return self._e[1]
 
     @property
     def replica(self) -> str:
-        return self._e.replica
+        return self._e[0]
 
     def max_timestamp(self) -> int:
-        return self._e.ts
+        return self._e[1]
 
     def merge(self, other: Self) -> None:
         self._check_same_type(other)
@@ -100,11 +104,11 @@ class LWWRegister(CRDT):
 
     @property
     def value(self) -> Any:
-        return self._e.value
+        return self._e[3]
 
     def to_wire(self) -> list[Any]:
-        e = self._e
-        return [e.ts, e.replica, e.value] if e.ts else []
+        replica, ts, _, value = self._e
+        return [ts, replica, value] if ts else []
 
     @classmethod
     def _from_wire(cls, obj: Any) -> Self:
@@ -129,103 +133,120 @@ class LWWRegister(CRDT):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"LWWRegister({self._e.value!r}, ts={self._e.ts}, replica={self._e.replica!r})"
+        replica, ts, _, value = self._e
+        return f"LWWRegister({value!r}, ts={ts}, replica={replica!r})"
 
 
 class LWWMap(CRDT):
     """A map of string keys to LWW values; removal writes a timestamped tombstone.
 
     Tombstones are what stop a stale peer from resurrecting a removed key.
+    The wire form is in `lwwmap_wire`.
     """
 
     TYPE_TAG = 4
-    __slots__ = ("_entries",)
+    __slots__ = ("_cols", "_map")
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        self._map: dict[str, Entry] = {}
+        # Columns of a decoded state not yet turned into `_map` (see `_entries`).
+        self._cols: Columns | None = None
+
+    @property
+    def _entries(self) -> dict[str, Entry]:
+        if self._cols is not None:
+            self._map, self._cols = build_entries(self._cols), None
+        return self._map
 
     def set(self, replica: str, key: str, value: Any, ts: int) -> LWWMap:
         _check_ts(ts)
         _check_local_value(value)
         if type(key) is not str:
             raise TypeError("LWWMap keys are strings")
-        return self._write(key, _Entry(ts, replica, True, value))
+        return self._write((replica, ts, key, value))
 
     def remove(self, replica: str, key: str, ts: int) -> LWWMap:
         _check_ts(ts)
-        return self._write(key, _Entry(ts, replica, False, None))
+        if type(key) is not str:
+            raise TypeError("LWWMap keys are strings")
+        return self._write((replica, ts, key, TOMBSTONE))
 
-    def _write(self, key: str, entry: _Entry) -> LWWMap:
+    def _write(self, entry: Entry) -> LWWMap:
         delta = LWWMap()
-        delta._entries[key] = entry
+        delta._map[entry[2]] = entry
         self.merge(delta)
         return delta
 
     def merge(self, other: Self) -> None:
         self._check_same_type(other)
+        if other._cols is not None:
+            self._merge_columns(other._cols)
+            return
         mine = self._entries
+        get = mine.get
         for k, e in other._entries.items():
-            cur = mine.get(k)
-            if cur is None or _wins(e, cur):
+            cur = get(k)
+            if cur is None:
                 mine[k] = e
+            elif e[1] > cur[1] or (e[1] == cur[1] and e is not cur and _wins(e, cur)):
+                # Re-inserting moves the key to the end: writes arrive roughly in
+                # time order, so the dict stays nearly sorted by timestamp and the
+                # encoder's sort (Timsort, adaptive) runs in about linear time.
+                del mine[k]
+                mine[k] = e
+
+    def _merge_columns(self, cols: Columns) -> None:
+        """`merge` from a decoded state's columns: a tuple only for each winner."""
+        mine = self._entries
+        get = mine.get
+        exact = _EXACT_SCALARS
+        for r, ts, k, v in zip(*cols, strict=True):
+            cur = get(k)
+            if cur is None:
+                mine[k] = (r, ts, k, v)
+            elif ts > cur[1] or (
+                ts == cur[1]
+                # The same write seen again (the common tie) needs no `_wins`.
+                and not (r == cur[0] and type(v) is type(cur[3]) in exact and v == cur[3])
+                and _wins((r, ts, k, v), cur)
+            ):
+                del mine[k]
+                mine[k] = (r, ts, k, v)
 
     def copy(self) -> Self:
         c = type(self)()
-        c._entries = dict(self._entries)
+        c._map = dict(self._entries)
         return c
 
     def get(self, key: str, default: Any = None) -> Any:
         e = self._entries.get(key)
-        return e.value if e is not None and e.alive else default
+        return default if e is None or e[3] is TOMBSTONE else e[3]
 
     def __contains__(self, key: object) -> bool:
         e = self._entries.get(key)  # type: ignore[call-overload]
-        return e is not None and e.alive
+        return e is not None and e[3] is not TOMBSTONE
 
     def max_timestamp(self) -> int:
-        return max((e.ts for e in self._entries.values()), default=0)
+        if self._cols is not None:  # decoded, not yet materialized: read the column
+            return max(self._cols[1], default=0)
+        return max((e[1] for e in self._map.values()), default=0)
 
     def entry_ts(self, key: str) -> int:
         """Timestamp of the latest write or removal of `key` (0 if never seen)."""
         e = self._entries.get(key)
-        return e.ts if e is not None else 0
+        return e[1] if e is not None else 0
 
     @property
     def value(self) -> dict[str, Any]:
-        return {k: e.value for k, e in self._entries.items() if e.alive}
+        return {k: e[3] for k, e in self._entries.items() if e[3] is not TOMBSTONE}
 
     def to_wire(self) -> list[Any]:
-        # Replica ids repeat across keys; a table of them keeps the encoding small.
-        replicas = sorted({e.replica for e in self._entries.values()})
-        index = {r: i for i, r in enumerate(replicas)}
-        flat: list[Any] = []
-        for k in sorted(self._entries):
-            e = self._entries[k]
-            flat += (k, e.ts, index[e.replica], e.alive, e.value)
-        return [replicas, flat]
+        return lwwmap_to_wire(self._entries)
 
     @classmethod
     def _from_wire(cls, obj: Any) -> Self:
-        replicas_obj, flat = expect_list(obj, "LWWMap", 2)
-        replicas = [
-            expect_replica(r, "LWWMap replica") for r in expect_list(replicas_obj, "LWWMap")
-        ]
-        flat = expect_list(flat, "LWWMap entries")
-        if len(flat) % 5:
-            raise DecodeError("LWWMap entries: length is not a multiple of 5")
         m = cls()
-        for i in range(0, len(flat), 5):
-            k, ts, ridx, alive, value = flat[i : i + 5]
-            k = expect_key(k, "LWWMap key")
-            if k in m._entries:
-                raise DecodeError("LWWMap: duplicate key")
-            ts = expect_uint(ts, "LWWMap ts")
-            ridx = expect_uint(ridx, "LWWMap replica index")
-            if ts == 0 or ridx >= len(replicas) or type(alive) is not bool:
-                raise DecodeError("LWWMap: malformed entry")
-            if not alive and value is not None:
-                raise DecodeError("LWWMap: a tombstone carries no value")
-            m._entries[k] = _Entry(ts, replicas[ridx], alive, expect_plain(value, "LWWMap value"))
+        m._cols = lwwmap_columns(obj)
         return m
 
     def __eq__(self, other: object) -> bool:
@@ -236,7 +257,7 @@ class LWWMap(CRDT):
     __hash__ = None  # type: ignore[assignment]
 
     def __len__(self) -> int:
-        return sum(1 for e in self._entries.values() if e.alive)
+        return sum(1 for e in self._entries.values() if e[3] is not TOMBSTONE)
 
     def __repr__(self) -> str:
         return f"LWWMap({self.value!r})"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt import TYPES, DecodeError, decode, encode
+from crdt import TYPES, WIRE_VERSION, DecodeError, decode, encode
 
 from .histories import KINDS, history, run
 
@@ -80,7 +80,7 @@ def test_from_wire_on_random_structures_raises_only_decode_error(tag: int, paylo
 @given(payload=PRIMITIVES, tag=st.sampled_from(sorted(TYPES)))
 def test_envelope_with_random_payload(payload: Any, tag: int) -> None:
     try:
-        blob = msgpack.packb([1, tag, payload], use_bin_type=True)
+        blob = msgpack.packb([WIRE_VERSION, tag, payload], use_bin_type=True)
     except (OverflowError, ValueError):
         return
     _decode_or_reject(blob)
@@ -89,13 +89,15 @@ def test_envelope_with_random_payload(payload: Any, tag: int) -> None:
 @pytest.mark.parametrize(
     "blob,reason",
     [
-        (msgpack.packb([2, 1, {}]), "version"),
-        (msgpack.packb([1, 99, {}]), "type tag"),
-        (msgpack.packb([1, 1]), "envelope"),
-        (msgpack.packb([1, 1, {"a": -1}]), "unsigned"),
-        (msgpack.packb([1, 1, {"a": True}]), "unsigned"),
+        # Version 1 (the row-wise payloads before issue #23) is retired.
+        (msgpack.packb([1, 1, {}]), "version"),
+        (msgpack.packb([3, 1, {}]), "version"),
+        (msgpack.packb([2, 99, {}]), "type tag"),
+        (msgpack.packb([2, 1]), "envelope"),
+        (msgpack.packb([2, 1, {"a": -1}]), "unsigned"),
+        (msgpack.packb([2, 1, {"a": True}]), "unsigned"),
         (b"\xd6\xff\x00\x00\x00\x00", "ext"),
-        (msgpack.packb([1, 1, {}]) + b"\x00", "ExtraData"),
+        (msgpack.packb([2, 1, {}]) + b"\x00", "ExtraData"),
         (b"\x91" * 5000 + b"\xc0", "msgpack"),
     ],
 )
@@ -111,6 +113,9 @@ def test_size_limit_is_enforced() -> None:
 
 
 def test_orset_held_dot_outside_context_is_rejected() -> None:
-    # ["replicas", vv, cloud, entries]: dot (a, 5) held but never seen.
+    # [replicas, vv, cloud, counts, gaps, keys, multi]: dot (a, 5) held, never seen.
     with pytest.raises(DecodeError, match="causal context"):
-        decode(msgpack.packb([1, 5, [["a"], [0, 1], [], ["x", -1, 5]]]))
+        decode(msgpack.packb([2, 5, [["a"], [0, 1], [], [1], [5], ["x"], []]]))
+    # The same held dot inside the cloud is fine.
+    ok = decode(msgpack.packb([2, 5, [["a"], [0, 1], [[0, 5, 1]], [1], [5], ["x"], []]]))
+    assert ok.value == frozenset({"x"})
