@@ -13,11 +13,23 @@ from typing import Any, ClassVar, Self
 
 from .errors import DecodeError
 
+#: Every concrete type by its wire tag, filled as each is defined (a value
+#: nested in another, an ORMap's, is decoded by its tag through this).
+TYPES: dict[int, type[CRDT]] = {}
+
 
 class CRDT(ABC):
     #: Stable wire tag; never reuse a retired one.
     TYPE_TAG: ClassVar[int]
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tag = cls.__dict__.get("TYPE_TAG")
+        if tag is not None:
+            if tag in TYPES and TYPES[tag] is not cls:
+                raise TypeError(f"CRDT type tag {tag} is taken by {TYPES[tag].__name__}")
+            TYPES[tag] = cls
 
     @abstractmethod
     def merge(self, other: Self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, Self
 
 from ._wire import Element, element_sort_key, expect_list, expect_uint
-from .base import CRDT
+from .base import CRDT, TYPES
 from .context import CausalContext as CausalContext
 from .context import ContextDigest as ContextDigest
 from .dotstore import DotStore
@@ -62,8 +62,6 @@ def _identity(key: str) -> str:
 
 
 def _type_by_tag(tag: int) -> type[CRDT]:
-    from .codec import TYPES
-
     t = TYPES.get(tag)
     if t is None:
         raise DecodeError(f"unknown CRDT type tag {tag}")

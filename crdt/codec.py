@@ -15,20 +15,16 @@ from typing import Any, Final
 
 import msgpack
 
-from .base import CRDT
-from .causal import ORMap, ORSet
-from .counters import GCounter, PNCounter
+from . import causal, counters, registers  # noqa: F401  (each type registers its tag)
+from .base import CRDT, TYPES
 from .errors import DecodeError
-from .registers import LWWMap, LWWRegister
 
 #: 2: columnar LWWMap, ORSet and ORMap payloads (issue #23); 1 is rejected.
 WIRE_VERSION: Final = 2
 #: Default cap on one encoded CRDT (bulk sync frames are bounded by this too).
 DEFAULT_MAX_BYTES: Final = 16 * 1024 * 1024
 
-TYPES: Final[dict[int, type[CRDT]]] = {
-    t.TYPE_TAG: t for t in (GCounter, PNCounter, LWWRegister, LWWMap, ORSet, ORMap)
-}
+__all__ = ["DEFAULT_MAX_BYTES", "TYPES", "WIRE_VERSION", "decode", "encode", "unpack_limited"]
 
 
 def encode(value: CRDT) -> bytes:
