@@ -12,9 +12,6 @@ piggybacking), most-needed first.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import msgpack
 
 from crdt import CRDT, encode
 
@@ -29,6 +26,7 @@ from .wire import (
     announce_wire,
     delta_wire,
     encode_message,
+    packb,
     rumor_wire,
 )
 
@@ -136,6 +134,8 @@ class Dissemination(NodeBase):
     def _take_rumors(
         self, budget: int, first: str | None = None, copies: int = 1
     ) -> tuple[Rumor, ...]:
+        if not self._bc_rumors:
+            return ()
         out: list[Rumor] = []
         order = sorted(self._bc_rumors.items(), key=lambda kv: -kv[1])
         if first is not None and first in self._bc_rumors:
@@ -156,8 +156,3 @@ class Dissemination(NodeBase):
             else:
                 self._bc_rumors[name] = left - copies
         return tuple(out)
-
-
-def packb(obj: Any) -> bytes:
-    out: bytes = msgpack.packb(obj, use_bin_type=True)
-    return out

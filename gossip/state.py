@@ -23,15 +23,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from crdt import CRDT, decode, encode
 
-from .wire import Addr, DigestEntry, KeyUpdate, NodeDelta
+from .wire import Addr, DigestEntry, KeyUpdate, NodeDelta, packb
 
 
 def _h64(*parts: object) -> int:
-    data = msgpack.packb(list(parts), use_bin_type=True)
+    data = packb(list(parts))
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
@@ -107,7 +105,7 @@ class NodeRecord:
             old = self.entries.get(u.key)
             if old is not None and old.version >= u.version:
                 continue
-            size = 0 if u.deleted else len(msgpack.packb(u.value, use_bin_type=True))
+            size = 0 if u.deleted else len(packb(u.value))
             self.entries[u.key] = _Entry(
                 u.version, u.value, u.deleted, now if u.deleted else 0.0, size
             )
@@ -122,7 +120,7 @@ class NodeRecord:
 
     def set_local(self, key: str, value: Any, now: float) -> None:
         self.max_version += 1
-        size = len(msgpack.packb(value, use_bin_type=True))
+        size = len(packb(value))
         old = self.entries.get(key)
         self.size += size - (old.size if old is not None else 0)
         self.entries[key] = _Entry(self.max_version, value, False, 0.0, size)
