@@ -240,7 +240,7 @@ def _compiled() -> bool:
     """True when the gossip core runs as a compiled (mypyc) extension."""
     import gossip.core
 
-    return not gossip.core.__file__.endswith(".py")
+    return not str(gossip.core.__file__).endswith(".py")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """What every concern of a GossipNode shares: its identity, state, queues and
 timers, declared once, and how it speaks (message building, sealing, sending).
 
-The concerns are classes over this base (`members.Membership`,
-`detector.FailureDetection`, `broadcast.Dissemination`, `sync.AntiEntropy`),
+The concerns are classes over this base (`clock.Clocks`, `sync.AntiEntropy`,
+`broadcast.Dissemination`, `detector.FailureDetection`, `members.Membership`),
 joined into `core.GossipNode`, the way memberlist spreads one struct's methods
 over files by concern. A concern calls another's methods through the
 declarations at the end of this class.
+
+They are stacked in one line (Clocks over NodeBase, AntiEntropy over Clocks,
+..., GossipNode over Membership) rather than mixed in side by side, because
+mypyc compiles single inheritance only (the compiled build, setup.py). The
+method resolution order is the one the mixins had, and each concern still
+reads and writes only the state declared here.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ import math
 
 from crdt import CRDT, encode
 
-from .base import MSGPACK_SLACK, NodeBase
+from .base import MSGPACK_SLACK
 from .crypto import SEAL_OVERHEAD
 from .events import EventType
+from .sync import AntiEntropy
 from .wire import (
     Announce,
     MsgType,
@@ -31,7 +32,7 @@ from .wire import (
 )
 
 
-class Dissemination(NodeBase):
+class Dissemination(AntiEntropy):
     """The broadcast queues' half of a GossipNode."""
 
     def _retransmit_limit(self) -> int:

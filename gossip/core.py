@@ -32,17 +32,13 @@ from typing import Any
 from crdt import CRDT, HLC, DecodeError, decode
 
 from .base import Datagram, Outgoing, Probe, StreamFrame
-from .broadcast import Dissemination
-from .clock import Clocks
 from .config import GossipConfig
 from .crypto import DATAGRAM, STREAM, Keyring, Opener, ReplayWindow, Sealer
-from .detector import FailureDetection
 from .errors import LocalProtocolError, RemoteProtocolError, StateTooLarge
 from .events import EventType, GossipEvent
 from .members import Membership
 from .state import ClusterState, NodeRecord
 from .status import Member, MemberTable
-from .sync import AntiEntropy
 from .wire import (
     MAX_PREAMBLE,
     PREAMBLE_MAGIC,
@@ -69,7 +65,7 @@ __all__ = [
 log = logging.getLogger("rumor.gossip")
 
 
-class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clocks):
+class GossipNode(Membership):
     def __init__(
         self,
         name: str,

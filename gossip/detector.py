@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import NodeBase, Probe
+from .base import Probe
+from .broadcast import Dissemination
 from .events import EventType
 from .status import Member
 from .wire import Message, MsgType, Status
 
 
-class FailureDetection(NodeBase):
+class FailureDetection(Dissemination):
     """The detector's half of a GossipNode (its state is declared in Shared)."""
 
     def evidence(self, name: str, now: float) -> dict[str, Any]:

@@ -8,13 +8,13 @@ dead that hears of it refutes with a higher incarnation (SWIM).
 
 from __future__ import annotations
 
-from .base import NodeBase
+from .detector import FailureDetection
 from .events import EventType
 from .status import Member, legal
 from .wire import Addr, Message, MsgType, Rumor, Status
 
 
-class Membership(NodeBase):
+class Membership(FailureDetection):
     """What messages and rumors tell us about members."""
 
     def _heard_from(self, msg: Message, now: float) -> None:
