@@ -169,13 +169,13 @@ class FailureDetection(Dissemination):
             self.counters["probe_failures"] += 1
             if m.status == Status.ALIVE:
                 self.table.set_status(m, Status.SUSPECT, now)
-                m.suspectors = {self.name}
+                m.suspectors = frozenset((self.name,))
                 self._start_suspicion(m, now, confirm=False)
                 self._queue_rumor(m.name)
                 self._push_now(now)
                 self._tell(m.name, m.addr, m.rumor(), now)
             elif m.status == Status.SUSPECT and self.name not in m.suspectors:
-                m.suspectors.add(self.name)  # our own confirmation
+                m.suspectors = m.suspectors | {self.name}  # our own confirmation
                 self._update_suspicion_deadline(m)
                 self._queue_rumor(m.name)
                 self._push_now(now)

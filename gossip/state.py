@@ -27,10 +27,25 @@ from crdt import CRDT, decode, encode
 
 from .wire import Addr, DigestEntry, KeyUpdate, NodeDelta, packb
 
+#: (name, generation, max_version) -> 64-bit digest, for the state hash. A
+#: pure function, memoised for the process: a simulator's thousand nodes each
+#: hash the same thousand records (bounded: cleared when full).
+_record_digests: dict[tuple[str, int, int], int] = {}
+
 
 def _h64(*parts: object) -> int:
     data = packb(list(parts))
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def _record_digest(name: str, generation: int, max_version: int) -> int:
+    key = (name, generation, max_version)
+    h = _record_digests.get(key)
+    if h is None:
+        if len(_record_digests) >= 1 << 16:
+            _record_digests.clear()
+        h = _record_digests[key] = _h64("n", name, generation, max_version)
+    return h
 
 
 @dataclass
@@ -172,7 +187,7 @@ class ClusterState:
         self.hash ^= old
         rec = self.records.get(name)
         if rec is not None:
-            h = _h64("n", name, rec.generation, rec.max_version)
+            h = _record_digest(name, rec.generation, rec.max_version)
             self._record_hash[name] = h
             self.hash ^= h
 
@@ -207,7 +222,8 @@ class ClusterState:
             if d.from_version > 0 and not d.reset:
                 # We know nothing of this generation: only a complete record helps.
                 return "gap", []
-            rec = self.add_record(d.name, d.generation, d.addr, now)
+            # Rehashed once, below, when it is filled.
+            rec = self.records[d.name] = NodeRecord(d.name, d.generation, d.addr, updated_at=now)
             outcome = "new"
         elif d.generation < rec.generation:
             return "stale", []

@@ -17,7 +17,7 @@ what their messages show (a sender is alive), through that one function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import LocalProtocolError
 from .live import LiveIndex
@@ -71,7 +71,10 @@ class Member:
     status: Status = Status.ALIVE
     status_since: float = 0.0
     last_heard: float = 0.0
-    suspectors: set[str] = field(default_factory=set)
+    #: Who accused it (Lifeguard's confirmations). Rebound, never mutated: a
+    #: member not suspected (nearly all) shares one empty set, which saves
+    #: 216 bytes per member held, a quarter of a simulated node's view.
+    suspectors: frozenset[str] = frozenset()
     suspicion_start: float = 0.0
     suspicion_deadline: float = 0.0
 
