@@ -52,6 +52,7 @@ TAG_LEN = 16
 #: Bytes that sealing adds to a plaintext.
 SEAL_OVERHEAD = HEADER_LEN + TAG_LEN
 REPLAY_WINDOW = 1024
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 #: Channels: each has its own counter, nonce space and replay window.
 DATAGRAM, STREAM = 0, 1
 _HKDF_INFO = b"rumor gossip v2"
@@ -207,7 +208,9 @@ class ReplayWindow:
     def check_and_set(self, counter: int) -> bool:
         if counter > self.high:
             shift = counter - self.high
-            self._seen = ((self._seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            # A jump past the window forgets it whole (no shift of a huge int).
+            seen = ((self._seen << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+            self._seen = seen
             self.high = counter
             return True
         offset = self.high - counter

@@ -24,7 +24,7 @@ def ring_position(name: str) -> int:
 
 
 class LiveIndex:
-    __slots__ = ("_keys", "_names", "_pos", "_ring", "_sorted")
+    __slots__ = ("_keys", "_names", "_neighbours", "_pos", "_ring", "_sorted")
 
     def __init__(self) -> None:
         self._names: list[str] = []  # for sampling; order is deterministic
@@ -35,6 +35,8 @@ class LiveIndex:
         # N members at once (a join, a warm start) is then one sort, not N
         # insertions into an N-long list.
         self._sorted = True
+        # The last answer of `neighbours` (asked on every tick), until a change.
+        self._neighbours: tuple[str, str | None, str | None] | None = None
 
     def _ring_sorted(self) -> list[tuple[int, str]]:
         if not self._sorted:
@@ -56,6 +58,7 @@ class LiveIndex:
         key = self._keys[name] = (ring_position(name), name)
         self._ring.append(key)
         self._sorted = False
+        self._neighbours = None
 
     def discard(self, name: str) -> None:
         i = self._pos.pop(name, None)
@@ -66,6 +69,7 @@ class LiveIndex:
             self._names[i] = last
             self._pos[last] = i
         key = self._keys.pop(name)
+        self._neighbours = None
         ring = self._ring_sorted()
         del ring[bisect.bisect_left(ring, key)]
 
@@ -81,10 +85,14 @@ class LiveIndex:
 
     def neighbours(self, name: str) -> tuple[str | None, str | None]:
         """(predecessor, successor) of `name` on the ring, if it is live and not alone."""
+        memo = self._neighbours
+        if memo is not None and memo[0] == name:
+            return memo[1], memo[2]
         if name not in self._pos or len(self._ring) < 2:
             return None, None
         ring = self._ring_sorted()
         j = bisect.bisect_left(ring, self._keys[name])
         pred = ring[j - 1][1]
         succ = ring[(j + 1) % len(ring)][1]
+        self._neighbours = (name, pred, succ)
         return pred, succ
