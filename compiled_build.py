@@ -95,9 +95,12 @@ def is_compiled(module: object) -> bool:
 
 
 def build() -> int:
-    """Compile COMPILED into BUILD; 0 on success. On any failure nothing usable
-    is left behind (no manifest), so the pure modules run, and it says why."""
-    shutil.rmtree(BUILD, ignore_errors=True)
+    """Compile COMPILED into BUILD; 0 on success. It builds beside BUILD and
+    swaps it in at the end, so a process starting meanwhile sees the old
+    build or the new one, never half of one. On failure nothing usable is
+    left behind (no manifest), so the pure modules run, and it says why."""
+    staging = BUILD.with_name(BUILD.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
     try:
         from mypyc.build import mypycify
         from setuptools import setup
@@ -118,12 +121,13 @@ def build() -> int:
                 "--quiet",
                 "build_ext",
                 "--build-lib",
-                str(BUILD),
+                str(staging),
                 "--build-temp",
                 str(ROOT / "build" / "mypyc-tmp"),
             ],
         )
     except (Exception, SystemExit) as e:  # setuptools exits on a compiler error
+        shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(BUILD, ignore_errors=True)
         print(
             f"compiled build failed ({type(e).__name__}: {e}); the pure-Python modules "
@@ -133,6 +137,12 @@ def build() -> int:
         return 1
     for package in COMPILED:
         manifest = {"python": sys.implementation.cache_tag, "sources": _sources(package)}
-        (BUILD / package / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (staging / package / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    old = BUILD.with_name(BUILD.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if BUILD.exists():
+        BUILD.rename(old)
+    staging.rename(BUILD)
+    shutil.rmtree(old, ignore_errors=True)
     print(f"compiled build ready in {BUILD.relative_to(ROOT)}", file=sys.stderr)
     return 0
