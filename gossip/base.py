@@ -38,10 +38,14 @@ MSGPACK_SLACK = 48
 # costs 0.1 us more per field, per packet.
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Datagram:
     dst: Addr
     data: bytes
+
+    def __init__(self, dst: Addr, data: bytes) -> None:  # compiled (see wire.py)
+        self.dst = dst
+        self.data = data
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ missed a deletion, so it gets the whole record with `reset`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from crdt import CRDT, decode, encode
@@ -48,25 +48,62 @@ def _record_digest(name: str, generation: int, max_version: int) -> int:
     return h
 
 
-@dataclass
+# __init__ written out so that mypyc compiles it (see gossip/wire.py).
+
+
+@dataclass(init=False)
 class _Entry:
     version: int
     value: Any
-    deleted: bool = False
-    deleted_at: float = 0.0
-    size: int = 0
+    deleted: bool
+    deleted_at: float
+    size: int
+
+    def __init__(
+        self,
+        version: int,
+        value: Any,
+        deleted: bool = False,
+        deleted_at: float = 0.0,
+        size: int = 0,
+    ) -> None:
+        self.version = version
+        self.value = value
+        self.deleted = deleted
+        self.deleted_at = deleted_at
+        self.size = size
 
 
-@dataclass
+@dataclass(init=False)
 class NodeRecord:
     name: str
     generation: int
     addr: Addr
-    max_version: int = 0
-    gc_floor: int = 0
-    entries: dict[str, _Entry] = field(default_factory=dict)
-    size: int = 0  # encoded bytes of live values, for the state-size limit
-    updated_at: float = 0.0  # local time of the latest applied change
+    max_version: int
+    gc_floor: int
+    entries: dict[str, _Entry]
+    size: int  # encoded bytes of live values, for the state-size limit
+    updated_at: float  # local time of the latest applied change
+
+    def __init__(
+        self,
+        name: str,
+        generation: int,
+        addr: Addr,
+        max_version: int = 0,
+        gc_floor: int = 0,
+        entries: dict[str, _Entry] | None = None,
+        size: int = 0,
+        updated_at: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.generation = generation
+        self.addr = addr
+        self.max_version = max_version
+        self.gc_floor = gc_floor
+        self.entries = {} if entries is None else entries
+        self.size = size
+        self.updated_at = updated_at
 
     def digest(self) -> DigestEntry:
         return DigestEntry(self.name, self.generation, self.max_version)
