@@ -12,15 +12,13 @@ piggybacking), most-needed first.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import msgpack
 
 from crdt import CRDT, encode
 
-from .base import MSGPACK_SLACK, NodeBase
+from .base import MSGPACK_SLACK
 from .crypto import SEAL_OVERHEAD
 from .events import EventType
+from .sync import AntiEntropy
 from .wire import (
     Announce,
     MsgType,
@@ -29,11 +27,12 @@ from .wire import (
     announce_wire,
     delta_wire,
     encode_message,
+    packb,
     rumor_wire,
 )
 
 
-class Dissemination(NodeBase):
+class Dissemination(AntiEntropy):
     """The broadcast queues' half of a GossipNode."""
 
     def _retransmit_limit(self) -> int:
@@ -136,6 +135,8 @@ class Dissemination(NodeBase):
     def _take_rumors(
         self, budget: int, first: str | None = None, copies: int = 1
     ) -> tuple[Rumor, ...]:
+        if not self._bc_rumors:
+            return ()
         out: list[Rumor] = []
         order = sorted(self._bc_rumors.items(), key=lambda kv: -kv[1])
         if first is not None and first in self._bc_rumors:
@@ -156,8 +157,3 @@ class Dissemination(NodeBase):
             else:
                 self._bc_rumors[name] = left - copies
         return tuple(out)
-
-
-def packb(obj: Any) -> bytes:
-    out: bytes = msgpack.packb(obj, use_bin_type=True)
-    return out

@@ -52,11 +52,13 @@ TAG_LEN = 16
 #: Bytes that sealing adds to a plaintext.
 SEAL_OVERHEAD = HEADER_LEN + TAG_LEN
 REPLAY_WINDOW = 1024
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 #: Channels: each has its own counter, nonce space and replay window.
 DATAGRAM, STREAM = 0, 1
 _HKDF_INFO = b"rumor gossip v2"
 _COUNTER = struct.Struct(">Q")
-_CHANNEL = struct.Struct(">I")
+#: The GCM nonce: (channel: u32, counter: u64), big-endian.
+_NONCE = struct.Struct(">IQ")
 
 
 def subkey(key: bytes, salt: bytes) -> bytes:
@@ -64,8 +66,25 @@ def subkey(key: bytes, salt: bytes) -> bytes:
     return HKDF(hashes.SHA256(), len(key), salt, _HKDF_INFO).derive(key)
 
 
-def nonce(channel: int, counter: int) -> bytes:
-    return _CHANNEL.pack(channel) + _COUNTER.pack(counter)
+#: Derived subkeys, as ready ciphers, shared by every Opener and Sealer in the
+#: process: a subkey is a pure function of (cluster key, salt), and a
+#: simulator's thousand nodes would otherwise each derive (HKDF, about 8 us)
+#: and hold their own copy of the same thousand subkeys. Least recently used
+#: entries go first once it is full.
+_SUBKEYS: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
+SUBKEY_CACHE = 16384
+
+
+def _cipher(key: bytes, salt: bytes) -> AESGCM:
+    """The AES-GCM cipher of one sender generation's subkey (cached)."""
+    got = _SUBKEYS.get((key, salt))
+    if got is None:
+        got = _SUBKEYS[(key, salt)] = AESGCM(subkey(key, salt))
+        if len(_SUBKEYS) > SUBKEY_CACHE:
+            _SUBKEYS.popitem(last=False)
+    else:
+        _SUBKEYS.move_to_end((key, salt))
+    return got
 
 
 def key_id(key: bytes) -> int:
@@ -124,23 +143,22 @@ class Sealer:
         self.keyring = keyring
         self.salt = rng.getrandbits(8 * SALT_LEN).to_bytes(SALT_LEN, "big")
         self._counters = [0, 0]  # per channel
-        self._aead = AESGCM(subkey(keyring.primary, self.salt)) if keyring else None
-        self._kid = key_id(keyring.primary) if keyring else INSECURE_KEY_ID
+        self._aead = _cipher(keyring.primary, self.salt) if keyring else None
+        kid = key_id(keyring.primary) if keyring else INSECURE_KEY_ID
+        #: The header's first 14 bytes never change: version, key id, salt.
+        self._prefix = bytes((ENVELOPE_VERSION, kid)) + (self.salt if keyring else b"")
 
     def seal(self, plaintext: bytes, channel: int = DATAGRAM) -> bytes:
         if self._aead is None:
-            return bytes((ENVELOPE_VERSION, INSECURE_KEY_ID)) + plaintext
-        self._counters[channel] += 1
-        counter = self._counters[channel]
-        header = bytes((ENVELOPE_VERSION, self._kid)) + self.salt + _COUNTER.pack(counter)
-        return header + self._aead.encrypt(nonce(channel, counter), plaintext, header)
+            return self._prefix + plaintext
+        counter = self._counters[channel] + 1
+        self._counters[channel] = counter
+        header = self._prefix + _COUNTER.pack(counter)
+        return header + self._aead.encrypt(_NONCE.pack(channel, counter), plaintext, header)
 
 
 class Opener:
     """Opens incoming packets; every failure is a `RemoteProtocolError`."""
-
-    #: Subkeys kept (one per sender generation heard from recently).
-    CACHE = 4096
 
     def __init__(self, keyring: Keyring | None) -> None:
         self.keyring = keyring
@@ -148,17 +166,6 @@ class Opener:
         if keyring:
             for k in keyring.keys:
                 self._by_id.setdefault(key_id(k), []).append(k)
-        self._subkeys: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
-
-    def _aead(self, key: bytes, salt: bytes) -> AESGCM:
-        got = self._subkeys.get((key, salt))
-        if got is None:
-            got = self._subkeys[(key, salt)] = AESGCM(subkey(key, salt))
-            if len(self._subkeys) > self.CACHE:
-                self._subkeys.popitem(last=False)
-        else:
-            self._subkeys.move_to_end((key, salt))
-        return got
 
     def open(self, data: bytes, channel: int = DATAGRAM) -> tuple[bytes, bytes, int]:
         """Returns (plaintext, salt, counter); salt is b"" for insecure packets."""
@@ -178,11 +185,10 @@ class Opener:
         header = data[:HEADER_LEN]
         salt = data[2 : 2 + SALT_LEN]
         (counter,) = _COUNTER.unpack_from(data, 2 + SALT_LEN)
+        iv = _NONCE.pack(channel, counter)
         for key in self._by_id.get(kid, ()):
             try:
-                plaintext = self._aead(key, salt).decrypt(
-                    nonce(channel, counter), data[HEADER_LEN:], header
-                )
+                plaintext = _cipher(key, salt).decrypt(iv, data[HEADER_LEN:], header)
             except InvalidTag:
                 continue
             return plaintext, salt, counter
@@ -202,7 +208,9 @@ class ReplayWindow:
     def check_and_set(self, counter: int) -> bool:
         if counter > self.high:
             shift = counter - self.high
-            self._seen = ((self._seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            # A jump past the window forgets it whole (no shift of a huge int).
+            seen = ((self._seen << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+            self._seen = seen
             self.high = counter
             return True
         offset = self.high - counter

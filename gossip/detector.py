@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import NodeBase, Probe
+from .base import Probe
+from .broadcast import Dissemination
 from .events import EventType
 from .status import Member
 from .wire import Message, MsgType, Status
 
 
-class FailureDetection(NodeBase):
+class FailureDetection(Dissemination):
     """The detector's half of a GossipNode (its state is declared in Shared)."""
 
     def evidence(self, name: str, now: float) -> dict[str, Any]:
@@ -171,13 +172,13 @@ class FailureDetection(NodeBase):
             self.counters["probe_failures"] += 1
             if m.status == Status.ALIVE:
                 self.table.set_status(m, Status.SUSPECT, now)
-                m.suspectors = {self.name}
+                m.suspectors = frozenset((self.name,))
                 self._start_suspicion(m, now, confirm=False)
                 self._queue_rumor(m.name)
                 self._push_now(now)
                 self._tell(m.name, m.addr, m.rumor(), now)
             elif m.status == Status.SUSPECT and self.name not in m.suspectors:
-                m.suspectors.add(self.name)  # our own confirmation
+                m.suspectors = m.suspectors | {self.name}  # our own confirmation
                 self._update_suspicion_deadline(m)
                 self._queue_rumor(m.name)
                 self._push_now(now)

@@ -20,7 +20,8 @@ class EventType(enum.StrEnum):
     GENERATION = "self-generation"
 
 
-@dataclass(frozen=True, slots=True)
+# Not declared frozen: a frozen __init__ costs 0.1 us per field, per event.
+@dataclass(slots=True)
 class GossipEvent:
     type: EventType
     member: str

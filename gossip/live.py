@@ -7,19 +7,42 @@ import bisect
 import hashlib
 import random
 
+#: name -> ring position, memoised for the process (a pure function; every
+#: simulated node places the same names). Bounded: cleared when full.
+_positions: dict[str, int] = {}
+
 
 def ring_position(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    pos = _positions.get(name)
+    if pos is None:
+        if len(_positions) >= 1 << 17:
+            _positions.clear()
+        pos = _positions[name] = int.from_bytes(
+            hashlib.blake2b(name.encode(), digest_size=8).digest(), "big"
+        )
+    return pos
 
 
 class LiveIndex:
-    __slots__ = ("_keys", "_names", "_pos", "_ring")
+    __slots__ = ("_keys", "_names", "_neighbours", "_pos", "_ring", "_sorted")
 
     def __init__(self) -> None:
         self._names: list[str] = []  # for sampling; order is deterministic
         self._pos: dict[str, int] = {}
         self._ring: list[tuple[int, str]] = []  # sorted by (ring position, name)
         self._keys: dict[str, tuple[int, str]] = {}
+        # Additions are appended and the ring sorted when next read: learning
+        # N members at once (a join, a warm start) is then one sort, not N
+        # insertions into an N-long list.
+        self._sorted = True
+        # The last answer of `neighbours` (asked on every tick), until a change.
+        self._neighbours: tuple[str, str | None, str | None] | None = None
+
+    def _ring_sorted(self) -> list[tuple[int, str]]:
+        if not self._sorted:
+            self._ring.sort()
+            self._sorted = True
+        return self._ring
 
     def __contains__(self, name: object) -> bool:
         return name in self._pos
@@ -33,7 +56,9 @@ class LiveIndex:
         self._pos[name] = len(self._names)
         self._names.append(name)
         key = self._keys[name] = (ring_position(name), name)
-        bisect.insort(self._ring, key)
+        self._ring.append(key)
+        self._sorted = False
+        self._neighbours = None
 
     def discard(self, name: str) -> None:
         i = self._pos.pop(name, None)
@@ -44,8 +69,9 @@ class LiveIndex:
             self._names[i] = last
             self._pos[last] = i
         key = self._keys.pop(name)
-        j = bisect.bisect_left(self._ring, key)
-        del self._ring[j]
+        self._neighbours = None
+        ring = self._ring_sorted()
+        del ring[bisect.bisect_left(ring, key)]
 
     def sample(self, rng: random.Random, k: int, exclude: str) -> list[str]:
         """Up to k distinct names other than `exclude`, drawn from `rng`."""
@@ -59,9 +85,14 @@ class LiveIndex:
 
     def neighbours(self, name: str) -> tuple[str | None, str | None]:
         """(predecessor, successor) of `name` on the ring, if it is live and not alone."""
+        memo = self._neighbours
+        if memo is not None and memo[0] == name:
+            return memo[1], memo[2]
         if name not in self._pos or len(self._ring) < 2:
             return None, None
-        j = bisect.bisect_left(self._ring, self._keys[name])
-        pred = self._ring[j - 1][1]
-        succ = self._ring[(j + 1) % len(self._ring)][1]
+        ring = self._ring_sorted()
+        j = bisect.bisect_left(ring, self._keys[name])
+        pred = ring[j - 1][1]
+        succ = ring[(j + 1) % len(ring)][1]
+        self._neighbours = (name, pred, succ)
         return pred, succ

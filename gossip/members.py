@@ -8,13 +8,13 @@ dead that hears of it refutes with a higher incarnation (SWIM).
 
 from __future__ import annotations
 
-from .base import NodeBase
+from .detector import FailureDetection
 from .events import EventType
 from .status import Member, legal
 from .wire import Addr, Message, MsgType, Rumor, Status
 
 
-class Membership(NodeBase):
+class Membership(FailureDetection):
     """What messages and rumors tell us about members."""
 
     def _heard_from(self, msg: Message, now: float) -> None:
@@ -83,7 +83,7 @@ class Membership(NodeBase):
         m = Member(name, generation, addr, status_since=now, last_heard=now)
         if rumor is not None:
             m.incarnation, m.status = rumor.incarnation, rumor.status
-            m.suspectors = set(rumor.suspectors)
+            m.suspectors = frozenset(rumor.suspectors)
         self.members[name] = m
         if m.status == Status.SUSPECT:
             self._start_suspicion(m, now, confirm=False)
@@ -137,10 +137,10 @@ class Membership(NodeBase):
             self.table.set_status(m, r.status, now, r.incarnation)
             m.addr = r.addr
             if r.status == Status.SUSPECT:
-                m.suspectors = set(r.suspectors)
+                m.suspectors = frozenset(r.suspectors)
                 self._start_suspicion(m, now, confirm=True)
             elif r.status == Status.ALIVE:
-                m.suspectors.clear()
+                m.suspectors = frozenset()
                 m.suspicion_deadline = 0.0
                 m.last_heard = max(m.last_heard, now)
                 if was != Status.ALIVE:
@@ -162,8 +162,8 @@ class Membership(NodeBase):
             # may be stale too (it may have died after refuting), so look.
             self._probe(m.name, now, light=True)
         elif r.rank() == m.rank() and m.status == Status.SUSPECT:
-            new = set(r.suspectors) - m.suspectors
+            new = frozenset(r.suspectors) - m.suspectors
             if new:
-                m.suspectors |= new
+                m.suspectors = m.suspectors | new
                 self._update_suspicion_deadline(m)
                 self._queue_rumor(m.name)

@@ -20,40 +20,90 @@ missed a deletion, so it gets the whole record with `reset`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import msgpack
 
 from crdt import CRDT, decode, encode
 
-from .wire import Addr, DigestEntry, KeyUpdate, NodeDelta
+from .wire import Addr, DigestEntry, KeyUpdate, NodeDelta, packb
+
+#: (name, generation, max_version) -> 64-bit digest, for the state hash. A
+#: pure function, memoised for the process: a simulator's thousand nodes each
+#: hash the same thousand records (bounded: cleared when full).
+_record_digests: dict[tuple[str, int, int], int] = {}
 
 
 def _h64(*parts: object) -> int:
-    data = msgpack.packb(list(parts), use_bin_type=True)
+    data = packb(list(parts))
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-@dataclass
+def _record_digest(name: str, generation: int, max_version: int) -> int:
+    key = (name, generation, max_version)
+    h = _record_digests.get(key)
+    if h is None:
+        if len(_record_digests) >= 1 << 16:
+            _record_digests.clear()
+        h = _record_digests[key] = _h64("n", name, generation, max_version)
+    return h
+
+
+# __init__ written out so that mypyc compiles it (see gossip/wire.py).
+
+
+@dataclass(init=False)
 class _Entry:
     version: int
     value: Any
-    deleted: bool = False
-    deleted_at: float = 0.0
-    size: int = 0
+    deleted: bool
+    deleted_at: float
+    size: int
+
+    def __init__(
+        self,
+        version: int,
+        value: Any,
+        deleted: bool = False,
+        deleted_at: float = 0.0,
+        size: int = 0,
+    ) -> None:
+        self.version = version
+        self.value = value
+        self.deleted = deleted
+        self.deleted_at = deleted_at
+        self.size = size
 
 
-@dataclass
+@dataclass(init=False)
 class NodeRecord:
     name: str
     generation: int
     addr: Addr
-    max_version: int = 0
-    gc_floor: int = 0
-    entries: dict[str, _Entry] = field(default_factory=dict)
-    size: int = 0  # encoded bytes of live values, for the state-size limit
-    updated_at: float = 0.0  # local time of the latest applied change
+    max_version: int
+    gc_floor: int
+    entries: dict[str, _Entry]
+    size: int  # encoded bytes of live values, for the state-size limit
+    updated_at: float  # local time of the latest applied change
+
+    def __init__(
+        self,
+        name: str,
+        generation: int,
+        addr: Addr,
+        max_version: int = 0,
+        gc_floor: int = 0,
+        entries: dict[str, _Entry] | None = None,
+        size: int = 0,
+        updated_at: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.generation = generation
+        self.addr = addr
+        self.max_version = max_version
+        self.gc_floor = gc_floor
+        self.entries = {} if entries is None else entries
+        self.size = size
+        self.updated_at = updated_at
 
     def digest(self) -> DigestEntry:
         return DigestEntry(self.name, self.generation, self.max_version)
@@ -107,7 +157,7 @@ class NodeRecord:
             old = self.entries.get(u.key)
             if old is not None and old.version >= u.version:
                 continue
-            size = 0 if u.deleted else len(msgpack.packb(u.value, use_bin_type=True))
+            size = 0 if u.deleted else len(packb(u.value))
             self.entries[u.key] = _Entry(
                 u.version, u.value, u.deleted, now if u.deleted else 0.0, size
             )
@@ -122,7 +172,7 @@ class NodeRecord:
 
     def set_local(self, key: str, value: Any, now: float) -> None:
         self.max_version += 1
-        size = len(msgpack.packb(value, use_bin_type=True))
+        size = len(packb(value))
         old = self.entries.get(key)
         self.size += size - (old.size if old is not None else 0)
         self.entries[key] = _Entry(self.max_version, value, False, 0.0, size)
@@ -174,7 +224,7 @@ class ClusterState:
         self.hash ^= old
         rec = self.records.get(name)
         if rec is not None:
-            h = _h64("n", name, rec.generation, rec.max_version)
+            h = _record_digest(name, rec.generation, rec.max_version)
             self._record_hash[name] = h
             self.hash ^= h
 
@@ -209,7 +259,8 @@ class ClusterState:
             if d.from_version > 0 and not d.reset:
                 # We know nothing of this generation: only a complete record helps.
                 return "gap", []
-            rec = self.add_record(d.name, d.generation, d.addr, now)
+            # Rehashed once, below, when it is filled.
+            rec = self.records[d.name] = NodeRecord(d.name, d.generation, d.addr, updated_at=now)
             outcome = "new"
         elif d.generation < rec.generation:
             return "stale", []

@@ -17,7 +17,7 @@ what their messages show (a sender is alive), through that one function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import LocalProtocolError
 from .live import LiveIndex
@@ -62,18 +62,45 @@ def legal(old: Status, new: Status, higher_incarnation: bool) -> bool:
     return new in table[old]
 
 
-@dataclass
+@dataclass(init=False)
 class Member:
     name: str
     generation: int
     addr: Addr
-    incarnation: int = 0
-    status: Status = Status.ALIVE
-    status_since: float = 0.0
-    last_heard: float = 0.0
-    suspectors: set[str] = field(default_factory=set)
-    suspicion_start: float = 0.0
-    suspicion_deadline: float = 0.0
+    incarnation: int
+    status: Status
+    status_since: float
+    last_heard: float
+    #: Who accused it (Lifeguard's confirmations). Rebound, never mutated: a
+    #: member not suspected (nearly all) shares one empty set, which saves
+    #: 216 bytes per member held, a quarter of a simulated node's view.
+    suspectors: frozenset[str]
+    suspicion_start: float
+    suspicion_deadline: float
+
+    def __init__(  # written out so that mypyc compiles it (gossip/wire.py)
+        self,
+        name: str,
+        generation: int,
+        addr: Addr,
+        incarnation: int = 0,
+        status: Status = Status.ALIVE,
+        status_since: float = 0.0,
+        last_heard: float = 0.0,
+        suspectors: frozenset[str] = frozenset(),
+        suspicion_start: float = 0.0,
+        suspicion_deadline: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.generation = generation
+        self.addr = addr
+        self.incarnation = incarnation
+        self.status = status
+        self.status_since = status_since
+        self.last_heard = last_heard
+        self.suspectors = suspectors
+        self.suspicion_start = suspicion_start
+        self.suspicion_deadline = suspicion_deadline
 
     def rumor(self) -> Rumor:
         return Rumor(

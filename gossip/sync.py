@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from crdt import CRDT, encode
 
-from .base import NodeBase
+from .clock import Clocks
 from .events import EventType
 from .wire import Addr, DigestEntry, Message, MsgType, NodeDelta, Rumor, Status
 
 
-class AntiEntropy(NodeBase):
+class AntiEntropy(Clocks):
     """The reconciliation half of a GossipNode."""
 
     def _pull_wait(self) -> float:
