@@ -7,8 +7,12 @@
 2. The largest per-node state carried: one node writes a value of each size;
    it counts when every other node holds it within 10 s.
 3. CPU time per gossip message: receive_datagram on real sealed datagrams.
+4. Anti-entropy of a replicated ORSet after a partition heals, with context
+   digests (GossipConfig.crdt_digest_sync, the default) and with whole
+   states: bytes sent from the heal until every replica agrees.
 
     python bench/gossip_bench.py [--sizes 10,40,100,1000] [--json]
+    python bench/gossip_bench.py --only crdt      # just part 4
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from crdt import ORSet
+from gossip.config import GossipConfig
 from gossip.core import Datagram, GossipNode
 from gossip.crypto import Keyring
 from sim.network import LinkModel, SimNetwork, bootstrap
@@ -183,13 +189,76 @@ def cpu_per_message(count: int = 3000) -> dict[str, float]:
     return results
 
 
+def crdt_heal(n: int, items: int, changes: int, digest_sync: bool, seed: int = 1) -> dict[str, Any]:
+    """An ORSet of `items` elements on `n` nodes; during a partition into two
+    halves each node adds and removes `changes` elements; bytes and seconds
+    from the heal until every replica holds the same set."""
+    net = SimNetwork(seed, config=GossipConfig(crdt_digest_sync=digest_sync), keyring=KEY)
+    names = [f"node{i}" for i in range(n)]
+    for i, name in enumerate(names):
+        net.add_node(name, join=["node0"] if i else None)
+        net.nodes[name].node.register_crdt("models", ORSet())
+    net.run_for(5)
+    first = net.nodes["node0"].node
+    models = first.crdt("models")
+    assert isinstance(models, ORSet)
+    delta = ORSet()
+    for i in range(items):
+        delta.merge(models.add(first.name, f"model-{i:06d}"))
+    first.update_crdt("models", delta, net.now)
+    if not net.run_until_true(net.converged, 60):
+        raise SystemExit("the ORSet did not spread before the partition")
+    net.partition(set(names[: n // 2]), set(names[n // 2 :]))
+    for k, name in enumerate(names):
+        node = net.nodes[name].node
+        s = node.crdt("models")
+        assert isinstance(s, ORSet)
+        for j in range(changes):
+            node.update_crdt("models", s.add(node.name, f"{name}-new-{j}"), net.now)
+            node.update_crdt("models", s.remove(node.name, f"model-{k * changes + j:06d}"), net.now)
+    net.run_for(5)  # the pushes' retransmits are spent inside the partition
+    net.heal()
+    before, start = sum(net.bytes_sent.values()), net.now
+    ok = net.run_until_true(net.converged, 120)
+    return {
+        "nodes": n,
+        "items": items,
+        "changes_per_node": changes,
+        "digest_sync": digest_sync,
+        "converged": ok,
+        "seconds": round(net.now - start, 2),
+        "bytes_after_heal": sum(net.bytes_sent.values()) - before,
+    }
+
+
+def crdt_anti_entropy() -> list[dict[str, Any]]:
+    rows = []
+    for n, items in ((4, 1000), (10, 10_000), (10, 100_000)):
+        on = crdt_heal(n, items, 5, True)
+        off = crdt_heal(n, items, 5, False)
+        rows.append(
+            {
+                **on,
+                "bytes_whole_states": off["bytes_after_heal"],
+                "seconds_whole_states": off["seconds"],
+                "bytes_ratio": round(on["bytes_after_heal"] / off["bytes_after_heal"], 4),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="10,40,100,1000")
     ap.add_argument("--state", type=int, default=4096, help="own state per node, bytes")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", choices=["crdt"], help="run one part")
     args = ap.parse_args()
+    if args.only == "crdt":
+        crdt_anti_entropy()
+        return 0
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         state = args.state
@@ -205,6 +274,7 @@ def main() -> int:
         },
         "largest_state_seconds_to_all": largest_state(),
         "cpu_per_message": cpu_per_message(),
+        "crdt_anti_entropy": crdt_anti_entropy(),
     }
     print(
         json.dumps(

@@ -34,6 +34,11 @@ class GossipConfig:
     #: (0 disables it; `anti_entropy_full` sends a whole digest window instead).
     anti_entropy_every: int = 10
     anti_entropy_full: bool = False
+    #: Anti-entropy of a causal CRDT (ORSet, ORMap) whose hash differs sends
+    #: its context digest, when smaller than the state, and each side answers
+    #: with just what the other lacks (crdt.ContextDigest): two small deltas
+    #: instead of two whole states. False: always the whole state.
+    crdt_digest_sync: bool = True
     #: Forward news to `eager_fanout` peers the moment it arrives, not at the
     #: next round. Each copy is charged to the retransmit budget, so a wider
     #: eager wave costs no more in all; it leaves fewer nodes to wait for a

@@ -39,6 +39,7 @@ from .events import EventType, GossipEvent
 from .members import Membership
 from .state import ClusterState, NodeRecord
 from .status import Member, MemberTable
+from .sync import EMPTY, Inbox
 from .wire import (
     Addr,
     Message,
@@ -263,15 +264,16 @@ class GossipNode(Membership):
             self._check_sender(msg, salt, counter, src, stream)
             # Every part of the message is validated here, before anything is
             # applied: a bad message is dropped whole, never half-applied.
-            crdts = self._decode_crdts(msg) if msg.crdts else []
-            if crdts:
-                self._check_timestamps(crdts, now)
+            inbox = EMPTY
+            if msg.crdts or msg.crdt_digests:
+                inbox = Inbox(self._decode_crdts(msg), self._decode_digests(msg))
+                self._check_timestamps(inbox.crdts, now)
         except RemoteProtocolError as e:
             self._drop(e.reason, src, str(e))
             return
         counters[_MSG_COUNTERS[msg.type]] += 1
         try:
-            self._handle(msg, crdts, now)
+            self._handle(msg, inbox, now)
         except Exception:
             # A bug on our side, triggered by a peer: loud in the log and the
             # counters, but a peer's message must never take the node down.
@@ -315,25 +317,25 @@ class GossipNode(Membership):
             decoded.append((name, value))
         return decoded
 
-    def _handle(self, msg: Message, crdts: list[tuple[str, CRDT]], now: float) -> None:
+    def _handle(self, msg: Message, inbox: Inbox, now: float) -> None:
         self._heard_from(msg, now)
         self._note_peer_clock(msg, now)
         for r in msg.rumors:
             self._apply_rumor(r, now, reply_to=msg.addr)
-        _HANDLERS[msg.type](self, msg, crdts, now)
+        _HANDLERS[msg.type](self, msg, inbox, now)
 
-    def _on_heartbeat(self, msg: Message, crdts: list[tuple[str, CRDT]], now: float) -> None:
+    def _on_heartbeat(self, msg: Message, inbox: Inbox, now: float) -> None:
         if msg.state_hash != self.state.hash:
             self._send_syn(msg.addr, now, peer=msg.sender)
 
-    def _on_ping(self, msg: Message, crdts: list[tuple[str, CRDT]], now: float) -> None:
+    def _on_ping(self, msg: Message, inbox: Inbox, now: float) -> None:
         if msg.target == self.name:
             # Probed as a generation above ours: a former process of ours.
             self._hear_of_self(msg.target_gen, now)
             self._send(msg.addr, self._msg(MsgType.ACK, seq=msg.seq), now)
 
-    def _on_synack(self, msg: Message, crdts: list[tuple[str, CRDT]], now: float) -> None:
-        self._apply_payload(msg, crdts, now)
+    def _on_synack(self, msg: Message, inbox: Inbox, now: float) -> None:
+        self._apply_payload(msg, inbox, now)
         if msg.digest:  # what the peer asked us for
             deltas = self._deltas_for(msg.digest)
             if deltas:
@@ -443,13 +445,13 @@ class GossipNode(Membership):
 
 
 #: The receive path's dispatch, one handler per message type.
-_HANDLERS: dict[MsgType, Callable[[GossipNode, Message, list[tuple[str, CRDT]], float], None]] = {
+_HANDLERS: dict[MsgType, Callable[[GossipNode, Message, Inbox, float], None]] = {
     MsgType.HEARTBEAT: GossipNode._on_heartbeat,
     MsgType.PING: GossipNode._on_ping,
-    MsgType.ACK: lambda node, msg, crdts, now: node._on_ack(msg, now),
-    MsgType.NACK: lambda node, msg, crdts, now: node._on_nack(msg),
-    MsgType.PING_REQ: lambda node, msg, crdts, now: node._on_ping_req(msg, now),
-    MsgType.SYN: lambda node, msg, crdts, now: node._on_syn(msg, now),
+    MsgType.ACK: lambda node, msg, inbox, now: node._on_ack(msg, now),
+    MsgType.NACK: lambda node, msg, inbox, now: node._on_nack(msg),
+    MsgType.PING_REQ: lambda node, msg, inbox, now: node._on_ping_req(msg, now),
+    MsgType.SYN: lambda node, msg, inbox, now: node._on_syn(msg, now),
     MsgType.SYNACK: GossipNode._on_synack,
     MsgType.ACK2: GossipNode._apply_payload,
     MsgType.PUSH: GossipNode._apply_payload,

@@ -11,11 +11,42 @@ partition find each other (Serf's reconnect).
 
 from __future__ import annotations
 
-from crdt import CRDT, encode
+import msgpack
+
+from crdt import CRDT, ContextDigest, DecodeError, encode, unpack_limited
 
 from .clock import Clocks
+from .errors import RemoteProtocolError
 from .events import EventType
 from .wire import Addr, DigestEntry, Message, MsgType, NodeDelta, Rumor, Status
+
+
+class Inbox:
+    """A message's CRDT parts, decoded and checked before anything is applied:
+    states or deltas to join, and peers' context digests to answer."""
+
+    __slots__ = ("crdts", "digests")
+
+    def __init__(
+        self,
+        crdts: list[tuple[str, CRDT]] | None = None,
+        digests: list[tuple[str, ContextDigest]] | None = None,
+    ) -> None:
+        self.crdts = crdts or []
+        self.digests = digests or []
+
+
+#: The inbox of a message that carries no CRDT part (almost all of them).
+EMPTY = Inbox()
+
+
+def _digest_blob(value: CRDT) -> bytes | None:
+    """A causal CRDT's context digest as msgpack, or None for other types."""
+    digest = getattr(value, "context_digest", None)
+    if digest is None:
+        return None
+    out: bytes = msgpack.packb(digest().to_wire(), use_bin_type=True)
+    return out
 
 
 class AntiEntropy(Clocks):
@@ -76,25 +107,77 @@ class AntiEntropy(Clocks):
         for name in self.state.names_in(msg.lo, msg.hi):
             if name not in theirs:
                 deltas.append(self.state.records[name].delta_since(0, reset=True))
-        hashes = dict(msg.crdt_hashes)
-        crdts = tuple(
-            (n, encode(v))
-            for n, v in sorted(self.state.crdts.items())
-            if hashes.get(n) != self.state.crdt_hash(n)
-        )
-        if not (want or deltas or crdts or rumors) and msg.state_hash == self.state.hash:
+        crdts, digests = self._crdts_for(dict(msg.crdt_hashes))
+        if not (want or deltas or crdts or digests or rumors) and msg.state_hash == self.state.hash:
             return
         reply = self._msg(
             MsgType.SYNACK,
             digest=tuple(want),
             deltas=tuple(deltas),
             crdts=crdts,
+            crdt_digests=digests,
             extra_rumors=tuple(rumors),
         )
         self._send(msg.addr, reply, now)
-        if msg.state_hash != self.state.hash and not want and not deltas and not crdts:
+        if msg.state_hash != self.state.hash and not (want or deltas or crdts or digests):
             # They lack nothing we could see in their window: look at ours.
             self._send_syn(msg.addr, now, peer=msg.sender)
+
+    def _crdts_for(
+        self, hashes: dict[str, int]
+    ) -> tuple[tuple[tuple[str, bytes], ...], tuple[tuple[str, bytes], ...]]:
+        """For each CRDT whose hash differs from the peer's: the whole state,
+        or, for a causal CRDT whose context digest is smaller than its state,
+        the digest, which the peer answers with exactly what we lack and its
+        own digest (`_answer_digests`): two small deltas instead of two states."""
+        crdts: list[tuple[str, bytes]] = []
+        digests: list[tuple[str, bytes]] = []
+        for n, v in sorted(self.state.crdts.items()):
+            theirs = hashes.get(n)
+            if theirs == self.state.crdt_hash(n):
+                continue
+            blob = encode(v)
+            if self.config.crdt_digest_sync and theirs is not None:
+                digest = _digest_blob(v)
+                if digest is not None and len(digest) < len(blob):
+                    digests.append((n, digest))
+                    continue
+            crdts.append((n, blob))
+        return tuple(crdts), tuple(digests)
+
+    def _decode_digests(self, msg: Message) -> list[tuple[str, ContextDigest]]:
+        """Part of validation: every digest must parse, for a causal CRDT we hold."""
+        out = []
+        for name, blob in msg.crdt_digests:
+            mine = self.state.crdts.get(name)
+            if mine is None or not hasattr(mine, "delta_since"):
+                raise RemoteProtocolError("bad_payload", f"a digest of {name!r}, not causal here")
+            try:
+                digest = ContextDigest.from_wire(unpack_limited(blob, self.config.max_stream_frame))
+            except DecodeError as e:
+                raise RemoteProtocolError("bad_payload", f"digest of {name!r}: {e}") from None
+            out.append((name, digest))
+        return out
+
+    def _answer_digests(self, msg: Message, inbox: Inbox, now: float) -> None:
+        """Send the peer what its digests show it lacks (after joining what it
+        sent, so our answer covers both sides); a SYNACK's digest is answered
+        with ours too, so the peer sends back what we lack."""
+        deltas: list[tuple[str, bytes]] = []
+        ours: list[tuple[str, bytes]] = []
+        for name, digest in inbox.digests:
+            mine = self.state.crdts[name]
+            delta = mine.delta_since(digest)  # type: ignore[attr-defined]
+            if delta.context_digest().context.dot_count():
+                deltas.append((name, encode(delta)))
+            if msg.type == MsgType.SYNACK:
+                blob = _digest_blob(mine)
+                if blob is not None:
+                    ours.append((name, blob))
+        if not (deltas or ours):
+            return
+        kind = MsgType.ACK2 if msg.type == MsgType.SYNACK else MsgType.PUSH
+        self._send(msg.addr, self._msg(kind, crdts=tuple(deltas), crdt_digests=tuple(ours)), now)
 
     def _deltas_for(self, wanted: tuple[DigestEntry, ...]) -> list[NodeDelta]:
         out = []
@@ -108,8 +191,9 @@ class AntiEntropy(Clocks):
                 out.append(rec.delta_since(e.max_version))
         return out
 
-    def _apply_payload(self, msg: Message, decoded: list[tuple[str, CRDT]], now: float) -> None:
-        """Apply deltas, CRDTs (already decoded and checked) and announces."""
+    def _apply_payload(self, msg: Message, inbox: Inbox, now: float) -> None:
+        """Apply deltas, CRDTs (already decoded and checked) and announces;
+        answer the peer's CRDT digests."""
         gaps: list[DigestEntry] = []
         forward = False
         for d in msg.deltas:
@@ -129,7 +213,7 @@ class AntiEntropy(Clocks):
                 self._emit(EventType.UPDATE, d.name, now, tuple(changed))
                 self._queue_record(d.name, d.from_version if not d.reset else 0)
                 forward = True
-        for name, value in decoded:
+        for name, value in inbox.crdts:
             mine = self.state.crdts.get(name)
             if mine is None:
                 continue
@@ -161,6 +245,8 @@ class AntiEntropy(Clocks):
                     continue
                 self._pulls[a.entry.name] = (version, now)
                 gaps.append(rec.digest() if rec else DigestEntry(a.entry.name, 0, 0))
+        if inbox.digests:
+            self._answer_digests(msg, inbox, now)
         if gaps:
             # Pull what we are missing from the node that knows it.
             # An empty range (lo == hi): only the listed entries.

@@ -173,6 +173,9 @@ class Message:
     # SYN/SYNACK: hashes of cluster CRDTs, or CRDT states/deltas as encoded bytes.
     crdt_hashes: tuple[tuple[str, int], ...]
     crdts: tuple[tuple[str, bytes], ...]
+    #: SYNACK/ACK2/PUSH: what the sender holds of a causal CRDT (a crdt
+    #: ContextDigest, msgpack), asking for exactly what it lacks.
+    crdt_digests: tuple[tuple[str, bytes], ...]
     deltas: tuple[NodeDelta, ...]
     announces: tuple[Announce, ...]
     rumors: tuple[Rumor, ...]
@@ -195,6 +198,7 @@ class Message:
         hi: str | None = None,
         crdt_hashes: tuple[tuple[str, int], ...] = (),
         crdts: tuple[tuple[str, bytes], ...] = (),
+        crdt_digests: tuple[tuple[str, bytes], ...] = (),
         deltas: tuple[NodeDelta, ...] = (),
         announces: tuple[Announce, ...] = (),
         rumors: tuple[Rumor, ...] = (),
@@ -215,6 +219,7 @@ class Message:
         self.hi = hi
         self.crdt_hashes = crdt_hashes
         self.crdts = crdts
+        self.crdt_digests = crdt_digests
         self.deltas = deltas
         self.announces = announces
         self.rumors = rumors
@@ -303,6 +308,7 @@ def _payload_body(m: Message, rumors: list[Any]) -> list[Any]:
         [announce_wire(a) for a in m.announces],
         rumors,
         m.wall_ms,
+        [[n, b] for n, b in m.crdt_digests],
     ]
 
 
@@ -540,23 +546,29 @@ def _parse_syn(h: _Head, b: list[Any]) -> Message:
     )
 
 
+def _named_blobs(o: object, what: str) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for c in _list(o, what):
+        c = _list(c, what, 2)
+        if type(c[1]) is not bytes:
+            raise _fail(f"{what}: payload must be bytes")
+        out.append((_name(c[0], "crdt name"), c[1]))
+    return tuple(out)
+
+
 def _parse_payload(h: _Head, b: list[Any]) -> Message:
     """SYNACK, ACK2 and PUSH."""
     b = _list(b, "body", 5)
-    crdts = []
-    for c in _list(b[2], "crdts"):
-        c = _list(c, "crdt", 2)
-        if type(c[1]) is not bytes:
-            raise _fail("crdt payload must be bytes")
-        crdts.append((_name(c[0], "crdt name"), c[1]))
+    crdts = _named_blobs(b[2], "crdts")
     return Message(
         *h,
         digest=tuple([parse_digest(e) for e in _list(b[0], "digest")]),
         deltas=tuple([parse_delta(d) for d in _list(b[1], "deltas")]),
-        crdts=tuple(crdts),
+        crdts=crdts,
         announces=tuple([parse_announce(a) for a in _list(b[3], "announces")]),
         rumors=_rumors(b[4]),
         wall_ms=_extra(b, 5, "wall"),
+        crdt_digests=_named_blobs(b[6], "crdt digests") if len(b) > 6 else (),
     )
 
 

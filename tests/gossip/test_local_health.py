@@ -60,7 +60,7 @@ def _suspicion_timeout(n: int, confirmations: int) -> float:
     assert net.run_until_true(lambda: all(len(s.node.live_members()) == n for s in net.live()), 10)
     node = net.nodes["node0"].node
     m = node.members["node1"]
-    m.suspectors = {"node0", *(f"node{i}" for i in range(2, 2 + confirmations))}
+    m.suspectors = frozenset({"node0", *(f"node{i}" for i in range(2, 2 + confirmations))})
     m.suspicion_start = 0.0
     node._update_suspicion_deadline(m)
     return m.suspicion_deadline
