@@ -300,16 +300,19 @@ def _syn_body(m: Message, rumors: list[Any]) -> list[Any]:
 
 
 def _payload_body(m: Message, rumors: list[Any]) -> list[Any]:
-    """SYNACK, ACK2 and PUSH share one body layout."""
-    return [
+    """SYNACK, ACK2 and PUSH share one body layout; `crdt_digests`, the last
+    field, is sent only when there are some."""
+    body = [
         [[e.name, e.generation, e.max_version] for e in m.digest],
         [delta_wire(d) for d in m.deltas],
         [[n, b] for n, b in m.crdts],
         [announce_wire(a) for a in m.announces],
         rumors,
         m.wall_ms,
-        [[n, b] for n, b in m.crdt_digests],
     ]
+    if m.crdt_digests:
+        body.append([[n, b] for n, b in m.crdt_digests])
+    return body
 
 
 _BODIES: dict[int, Callable[[Message, list[Any]], list[Any]]] = {
