@@ -46,6 +46,7 @@ COMPILED: dict[str, tuple[str, ...]] = {
         "detector",
         "live",
         "members",
+        "messages",
         "state",
         "status",
         "sync",
