@@ -1,7 +1,8 @@
 """Shared test configuration: Hypothesis profiles.
 
 `ci` (the default) runs at least 200 examples per property; `thorough` is for
-local bug hunting: HYPOTHESIS_PROFILE=thorough make test
+local bug hunting, 10,000 per property (the stateful cluster machine among
+them): HYPOTHESIS_PROFILE=thorough make test
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "thorough",
-    max_examples=5000,
+    max_examples=10_000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
