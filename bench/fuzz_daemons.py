@@ -29,9 +29,7 @@ import argparse
 import json
 import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,33 +44,26 @@ sys.path.insert(0, str(ROOT))
 from bench.common import gossip_counters, say  # noqa: E402
 from gossip.core import Datagram, GossipNode  # noqa: E402
 from gossip.crypto import Keyring, Opener, Sealer  # noqa: E402
+from node.localcluster import LocalCluster  # noqa: E402
 
 
 class Daemons:
+    """Three daemons (node.localcluster.LocalCluster) with a keyring; f0 serves mlp."""
+
     def __init__(self, tmp: Path, keyring: Keyring, n: int = 3) -> None:
         self.tmp = tmp
         self.keyfile = tmp / "keyring.json"
         self.keyfile.write_text(keyring.dump())
-        self.procs: list[subprocess.Popen[str]] = []
-        self.bound: list[dict[str, str]] = []
-        for i in range(n):
-            cmd = [sys.executable, "-m", "node.cli", "node", "--name", f"f{i}",
-                   "--keyring", str(self.keyfile), "--log-level", "warning"]  # fmt: skip
-            if i:
-                cmd += ["--join", self.bound[0]["gossip"]]
-            if i == 0:
-                cmd += ["--model", "mlp=builtin:mlp"]
-            with open(tmp / f"f{i}.log", "wb") as err:
-                proc = subprocess.Popen(
-                    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-                )  # fmt: skip
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"daemon f{i} did not start: {(tmp / f'f{i}.log').read_text()}")
-            self.procs.append(proc)
-            self.bound.append(json.loads(line))
+        self.local = LocalCluster(tmp, keyring=self.keyfile, data_dirs=False)
+        self.names = [f"f{i}" for i in range(n)]
+        try:
+            for i, name in enumerate(self.names):
+                models = ["mlp=builtin:mlp"] if i == 0 else []
+                self.local.start(name, models=models, join=["f0"] if i else [])
+        except BaseException:
+            self.local.stop_all()
+            raise
+        self.bound = [self.local.nodes[name].bound for name in self.names]
         self.client = httpx.Client(timeout=10)
 
     def gossip_addr(self, i: int) -> tuple[str, int]:
@@ -89,7 +80,7 @@ class Daemons:
     def state(self) -> list[Any]:
         """What must not change: every member's identity, status and record, per daemon."""
         out = []
-        for i in range(len(self.procs)):
+        for i in range(len(self.names)):
             view = self.client.get(f"{self.http(i)}/v1/cluster").json()
             out.append(
                 sorted(
@@ -109,14 +100,11 @@ class Daemons:
         return out
 
     def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
+        return all(self.local.nodes[name].running() for name in self.names)
 
     def stop(self) -> None:
         self.client.close()
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        self.local.stop_all()
 
 
 def corpus(keyring: Keyring, rng: random.Random, src: tuple[str, int]) -> list[bytes]:
@@ -225,7 +213,7 @@ def fuzz_http(d: Daemons, rng: random.Random, count: int) -> dict[str, Any]:
         headers = {"content-type": rng.choice(["application/json", "text/plain", "x/y"])}
         if rng.random() < 0.1:
             headers["x-rumor-forwarded"] = rng.choice(["1", "f9", "", "garbage" * 50])
-        i = rng.randrange(len(d.procs))
+        i = rng.randrange(len(d.names))
         url = f"{d.http(i)}{path}"
         try:
             resp = d.client.request(method, url, content=body, headers=headers)

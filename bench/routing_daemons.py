@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,27 +35,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_tool, say  # noqa: E402
-from node.commands import spawn_node  # noqa: E402
+from node.localcluster import LocalCluster  # noqa: E402
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.1] * 256}]}
 
 
 class Cluster:
+    """Daemons n0..n(k-1) on loopback (node.localcluster.LocalCluster), each
+    serving `mlp` or not, all with the same router; ready when constructed."""
+
     def __init__(self, models: list[bool], router: str = "rumor") -> None:
-        self.procs: list[subprocess.Popen[str]] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="rumor-routing-cluster-"))
+        self.local = LocalCluster(
+            self.workdir, common=("--router", router, "--log-level", "warning"), data_dirs=False
+        )
         self.http: list[str] = []
-        first = None
         try:
             for i, has_model in enumerate(models):
-                proc, bound = spawn_node(
+                node = self.local.start(
                     f"n{i}",
-                    [first] if first else [],
-                    ["mlp=builtin:mlp"] if has_model else [],
-                    ["--router", router, "--log-level", "warning"],
+                    models=["mlp=builtin:mlp"] if has_model else [],
+                    join=["n0"] if i else [],
                 )
-                first = first or bound["gossip"]
-                self.procs.append(proc)
-                self.http.append(bound["http"])
+                self.http.append(node.http)
             want = sum(models)
             deadline = time.time() + 60
             while time.time() < deadline:
@@ -80,15 +82,10 @@ class Cluster:
         return f"http://{self.http[i]}/v2/models/mlp/infer"
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        try:
+            self.local.stop_all(grace=15)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _ms(text: str) -> float:

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_ticks, ensure_tool, say  # noqa: E402
+from node.localcluster import LocalCluster  # noqa: E402
 
 HOST = "127.0.0.1"
 TAG_BYTES = 4096  # state each rumor node carries (Serf caps its tags at 512 B)
@@ -300,29 +302,34 @@ class RumorCluster(Cluster):
     def http(self, i: int) -> str:
         return f"http://{HOST}:{self.http_base + i}"
 
-    def start(self, interval: float, fanout: int) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def event_file(self, node: str) -> Path:
+        return self.work / f"{node}.log"  # the daemon's JSON log (LocalCluster's)
+
+    def start(
+        self,
+        interval: float,
+        fanout: int,
+        models: Iterable[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Every daemon on its fixed ports, one boot at a time (each is ~0.4
+        CPU-seconds of imports: 100 Python processes booting at once starve
+        the 2 cores for a minute); through node.localcluster.LocalCluster."""
+        flags = ["--interval", str(interval), "--fanout", str(fanout)]
+        flags += ["--log-json", "--log-level", "debug"]
+        self.local = LocalCluster(self.work, common=flags, data_dirs=False)
         for i, node in enumerate(self.names()):
-            cmd = [
-                sys.executable, "-m", "node.cli", "node", "--name", node,
-                "--gossip", f"{HOST}:{self.gossip_base + i}",
-                "--http", f"{HOST}:{self.http_base + i}",
-                "--interval", str(interval), "--fanout", str(fanout),
-                "--log-json", "--log-level", "debug",
-            ]  # fmt: skip
-            if i:
-                cmd += ["--join", f"{HOST}:{self.gossip_base}"]
-            with open(self.event_file(node), "wb") as err:  # the child keeps its copy
-                self.procs[node] = subprocess.Popen(
-                    cmd, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
-                    cwd=ROOT,
-                )  # fmt: skip
-            # One boot at a time (each is ~0.4 CPU-seconds of imports): 100
-            # Python processes booting at once starve the 2 cores for a minute.
-            out = self.procs[node].stdout
-            assert out is not None
-            if not out.readline():
-                raise RuntimeError(f"{node} did not start; see {self.event_file(node)}")
+            ports = ["--gossip", f"{HOST}:{self.gossip_base + i}"]
+            ports += ["--http", f"{HOST}:{self.http_base + i}"]
+            join = [f"{HOST}:{self.gossip_base}"] if i else []
+            started = self.local.start(node, models=models, join=join, extra=ports, env=env)
+            self.procs[node] = started.proc  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        super().stop()
+        local = getattr(self, "local", None)
+        if local is not None:
+            local.stop_all()  # reaps what is left and closes the pipes
 
     def view(self, client: httpx.Client, i: int) -> dict[str, Any] | None:
         try:

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import say  # noqa: E402
+from node.localcluster import LocalCluster  # noqa: E402
 
 N = 5
 BODY = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.1] * 256}]}
@@ -56,53 +55,42 @@ def rss_kib(pid: int) -> int:
 
 
 class Cluster:
+    """The soak's five daemons (node.localcluster.LocalCluster), with when each
+    was down, for telling false deaths from true ones."""
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: dict[int, subprocess.Popen[str]] = {}
+        self.local = LocalCluster(tmp, common=("--log-json", "--drain-timeout", "1"))
         self.http: dict[int, str] = {}
-        self.gossip0 = ""
         self.down_since: dict[int, float] = {}
         self.down_windows: list[tuple[str, float, float]] = []  # (name, from, to)
         self.lock = threading.Lock()
 
+    @property
+    def procs(self) -> dict[int, subprocess.Popen[str]]:
+        return {int(name[1:]): n.proc for name, n in self.local.nodes.items()}
+
     def start(self, i: int) -> None:
-        cmd = [sys.executable, "-m", "node.cli", "node", "--name", f"n{i}",
-               "--data-dir", str(self.tmp / f"n{i}"),
-               "--log-json", "--drain-timeout", "1"]  # fmt: skip
-        if i:
-            cmd += ["--join", self.gossip0, "--model", "mlp=builtin:mlp"]
-        if i in self.http:  # a restart keeps the ports, as a real host would
-            cmd += ["--http", self.http[i]]
-        with open(self.tmp / f"n{i}.log", "ab") as err:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-            )  # fmt: skip
-        assert proc.stdout is not None
-        bound = json.loads(proc.stdout.readline())
+        # A restart keeps its HTTP port, as a real host would; same data dir.
+        extra = ["--http", self.http[i]] if i in self.http else []
+        models = ["mlp=builtin:mlp"] if i else []
+        node = self.local.start(f"n{i}", models=models, join=["n0"] if i else [], extra=extra)
         with self.lock:
-            self.procs[i] = proc
-            self.http[i] = bound["http"]
-            if i == 0:
-                self.gossip0 = bound["gossip"]
+            self.http[i] = node.http
             if i in self.down_since:
                 self.down_windows.append((f"n{i}", self.down_since.pop(i), time.time()))
 
     def kill(self, i: int) -> None:
         with self.lock:
             self.down_since[i] = time.time()
-        self.procs[i].send_signal(signal.SIGKILL)
-        self.procs[i].wait(10)
+        self.local.kill(f"n{i}")
 
     def is_down(self, i: int) -> bool:
         with self.lock:
             return i in self.down_since
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+        self.local.stop_all()
 
     def deaths(self) -> list[tuple[str, str, float]]:
         out = []

@@ -92,7 +92,11 @@ class AntiEntropy(Clocks):
             if rec is None:
                 if self.state.is_tombstoned(e.name, e.generation):
                     gen, inc, _ = self.state.tombstones[e.name]
-                    rumors.append(Rumor(e.name, gen, inc, Status.DEAD, msg.addr))
+                    # The removed member's own address (not the asker's: a
+                    # rumor's address replaces the member's where it is applied).
+                    addr = self._graveyard.get(e.name)
+                    if addr is not None:
+                        rumors.append(Rumor(e.name, gen, inc, Status.DEAD, addr))
                 elif e.name != self.name:
                     # Generation 0 (never issued) means "I have no record at all".
                     want.append(DigestEntry(e.name, 0, 0))

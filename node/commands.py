@@ -203,36 +203,15 @@ def spawn_node(
     join: list[str],
     models: list[str],
     extra: list[str] | None = None,
+    timeout: float = 60.0,
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """Start `rumor node` as a process; returns it and its bound addresses."""
-    cmd = [sys.executable, "-m", "node.cli", "node", "--name", name]
-    for j in join:
-        cmd += ["--join", j]
-    for m in models:
-        cmd += ["--model", m]
-    cmd += extra or []
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    import tempfile
+    """Start `rumor node` as a process (its own session); returns it and its
+    bound addresses. NodeStartError if it does not bind within `timeout` s."""
+    from .localcluster import spawn
 
-    errlog = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=errlog,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(5)
-        errlog.seek(0)
-        tail = errlog.read()[-2000:]
-        raise RuntimeError(f"{name} exited with {proc.returncode} before binding: {tail}")
-    return proc, json.loads(line)
+    args = [a for j in join for a in ("--join", j)]
+    args += [a for m in models for a in ("--model", m)]
+    return spawn(name, [*args, *(extra or [])], None, timeout=timeout)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -40,12 +40,9 @@ from .events import EventHub, Subscription, event_items
 from .models import LocalModels
 from .record import Record, coarse
 from .router import Router
-from .store import NodeStore, snapshot_of
+from .store import SNAPSHOT_EVERY, MemberSnapshots, NodeStore
 
 log = logging.getLogger("rumor.node")
-
-#: Members are snapshotted to the data dir at most this often (when changed).
-SNAPSHOT_EVERY = 10.0
 
 HTTPStarter = Callable[..., Awaitable[None]]
 
@@ -85,8 +82,7 @@ class Daemon:
         self.router = Router(self.name, config.router, config.local_margin, self.models)
         self.record = Record(lambda: self.node, self._kick, self.store)
         self.operator = OperatorData(lambda: self.node, self._kick, self.store)
-        self._snapshot: list[tuple[str, str]] = []
-        self._snapshot_at = -SNAPSHOT_EVERY
+        self.snapshots = MemberSnapshots(self.store, SNAPSHOT_EVERY)
 
     @property
     def node(self) -> GossipNode:
@@ -175,13 +171,7 @@ class Daemon:
 
     def _save_snapshot(self, now: float) -> None:
         """The members we know, for a restart to rejoin (bounded; not on every change)."""
-        if now - self._snapshot_at < SNAPSHOT_EVERY or self.store.dir is None:
-            return
-        self._snapshot_at = now
-        snap = snapshot_of([(n, fmt_addr(a), t) for n, a, t in self.node.snapshot()])
-        if snap and sorted(snap) != sorted(self._snapshot):
-            self._snapshot = snap
-            self.store.save_members(snap)
+        self.snapshots.tick(now, [(n, fmt_addr(a), t) for n, a, t in self.node.snapshot()])
 
     # -- placement ---------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -76,12 +77,13 @@ def read_line(stream: IO[str], timeout: float) -> str:
 def spawn(
     name: str,
     args: Iterable[str],
-    log: Path,
+    log: Path | None,
     env: dict[str, str] | None = None,
     nofile: int | None = None,
     timeout: float = 60.0,
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """Start `rumor node --name NAME ARGS...`; returns it and its bound addresses."""
+    """Start `rumor node --name NAME ARGS...`; returns it and its bound addresses.
+    Its stderr goes to `log` (appended), or to an unnamed temporary file."""
     cmd = [sys.executable, "-m", "node.cli", "node", "--name", name, *args]
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -90,7 +92,8 @@ def spawn(
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    with open(log, "ab") as err:
+    # The child keeps its own copy of the descriptor; ours is closed on return.
+    with open(log, "ab") if log is not None else tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -101,16 +104,21 @@ def spawn(
             start_new_session=True,
             preexec_fn=limits if nofile is not None else None,
         )
-    assert proc.stdout is not None
-    line = read_line(proc.stdout, timeout)
-    if not line:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        tail = log.read_text(errors="replace")[-2000:]
-        raise NodeStartError(
-            f"{name} did not bind within {timeout:g} s ({proc.returncode}): {tail}"
-        )
+        assert proc.stdout is not None
+        line = read_line(proc.stdout, timeout)
+        if not line:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            proc.stdout.close()
+            if log is None:
+                err.seek(0)
+                tail = err.read().decode(errors="replace")
+            else:
+                tail = log.read_text(errors="replace")
+            raise NodeStartError(
+                f"{name} did not bind within {timeout:g} s ({proc.returncode}): {tail[-2000:]}"
+            )
     return proc, json.loads(line)
 
 

@@ -20,6 +20,8 @@ log = logging.getLogger("rumor.node")
 
 #: Members remembered at most (most recently heard first).
 SNAPSHOT_MEMBERS = 128
+#: Members are snapshotted to the data dir at most this often (when changed).
+SNAPSHOT_EVERY = 10.0
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -134,3 +136,26 @@ def snapshot_of(members: list[tuple[str, str, float]]) -> list[tuple[str, str]]:
     """The members worth remembering: most recently heard first, bounded."""
     ranked = sorted(members, key=lambda m: -m[2])
     return [(name, addr) for name, addr, _ in ranked[:SNAPSHOT_MEMBERS]]
+
+
+class MemberSnapshots:
+    """When the daemon writes its members snapshot: at most every `every`
+    seconds, and only when it changed. Pure (time is given), so the simulator
+    runs the daemon's own rule (sim/datadir.py)."""
+
+    def __init__(self, store: NodeStore, every: float = SNAPSHOT_EVERY) -> None:
+        self.store, self.every = store, every
+        self.saved: list[tuple[str, str]] = []
+        self.checked_at = -every
+
+    def tick(self, now: float, members: list[tuple[str, str, float]]) -> bool:
+        """`members`: (name, HOST:PORT, last heard). True if a snapshot was written."""
+        if now - self.checked_at < self.every or self.store.dir is None:
+            return False
+        self.checked_at = now
+        snap = snapshot_of(members)
+        if snap and sorted(snap) != sorted(self.saved):
+            self.saved = snap
+            self.store.save_members(snap)
+            return True
+        return False

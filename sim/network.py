@@ -507,3 +507,24 @@ def _warm_start(
         sn.node.take_events()
         if progress is not None:
             progress(i + 1)  # nodes warm-started so far
+
+
+def drop_in_flight(net: SimNetwork, name: str) -> int:
+    """Lose what `name` has sent that has not arrived yet (its crash takes the
+    packets on the wire with it: a loss the link model may inflict anyway).
+    Tests that track where data lives use it, so that only live processes and
+    data dirs hold copies. Returns how many messages were dropped."""
+    addr = net.nodes[name].addr
+    keep = []
+    for item in net._heap:
+        kind, payload = item[2], item[3]
+        if kind in ("datagram", "frame") and payload[0] == addr:
+            continue
+        if kind == "send" and payload[0].name == name:
+            continue
+        keep.append(item)
+    dropped = len(net._heap) - len(keep)
+    heapq.heapify(keep)
+    net._heap = keep
+    net.dropped += dropped
+    return dropped

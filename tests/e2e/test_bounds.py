@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.common import gossip_counters
 from gossip.crypto import Keyring
 from node.localcluster import LocalCluster
 
@@ -33,6 +34,23 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def _settled_rss_mib(pid: int, timeout: float = 30.0) -> float:
+    """RSS once two reads 0.5 s apart agree within 1 MiB (allocation settled)."""
+    last = _rss_mib(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _rss_mib(pid)
+        if abs(now - last) < 1:
+            return now
+        last = now
+    return last
+
+
+def _counter(c: LocalCluster, name: str, key: str) -> float:
+    return gossip_counters(httpx.get(c.url(name, "/metrics"), timeout=5).text).get(key, 0.0)
+
+
 def _host_port(hp: str) -> tuple[str, int]:
     host, _, port = hp.rpartition(":")
     return host, int(port)
@@ -42,9 +60,9 @@ def test_a_thousand_hostile_gossip_streams_leave_the_node_whole(cluster: LocalCl
     c = cluster
     a = c.start("a")
     c.start("b", join=["a"])
-    c.wait_for(lambda: c.alive_members("b") == {"a", "b"}, 20, "b to see a")
-    time.sleep(1)
-    before = _rss_mib(a.pid)
+    c.wait_for(lambda: c.alive_members("b") == {"a", "b"}, 30, "b to see a")
+    before = _settled_rss_mib(a.pid)
+    dropped_before = _counter(c, "a", "dropped")
     junk = random.Random(1).randbytes(256 * 1024)
     socks: list[socket.socket] = []
     try:
@@ -58,8 +76,13 @@ def test_a_thousand_hostile_gossip_streams_leave_the_node_whole(cluster: LocalCl
                 s.send(struct.pack(">I", 16 * 1024 * 1024 - 1) + junk)
             if i % 100 == 99:
                 assert c.nodes["a"].running()
-        time.sleep(1)
-        grown = _rss_mib(a.pid) - before
+        # Every hostile stream refused and counted, before RSS is read.
+        c.wait_for(
+            lambda: _counter(c, "a", "dropped") - dropped_before >= 1000,
+            60,
+            "a to refuse the 1,000 streams",
+        )
+        grown = _settled_rss_mib(a.pid) - before
     finally:
         for s in socks:
             s.close()

@@ -131,6 +131,8 @@ def test_clocks_a_later_write_wins_and_a_fast_node_refuses_writes(
     r = httpx.put(c.url("b", "/v1/catalog/m/replicas"), json={"replicas": 2}, timeout=10)
     assert r.status_code == 200 and r.json() == {"model": "m", "replicas": 2, "applied": True}
     c.wait_for(lambda: _targets(c, "a").get("m") == 2, 20, "b's write to reach a")
+    # The scenario, not a wait: a's write comes later in real time, yet still
+    # before a's own clock reaches b's timestamp (b is 2 s ahead).
     time.sleep(0.5)
     r = httpx.put(c.url("a", "/v1/catalog/m/replicas"), json={"replicas": 3}, timeout=10)
     assert r.json() == {"model": "m", "replicas": 3, "applied": True}  # what holds after it

@@ -10,7 +10,6 @@ a copy of one.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from gossip.crypto import Keyring
 from node.api.ui import CSP
+from node.localcluster import LocalCluster
 from tests.e2e.browser import (
     chromium,
     console_errors,
@@ -32,7 +32,7 @@ from tests.e2e.browser import (
     until,
     visible_events,
 )
-from tests.e2e.test_daemons import MLP, Cluster, status_of, view
+from tests.e2e.test_daemons import MLP, status_of, view
 from tests.waiting import wait_for
 
 # Before any daemon or fake node starts.
@@ -58,29 +58,26 @@ DEAD_DEADLINE_S = 40.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     tmp = tmp_path_factory.mktemp("ui-cluster")
     keyring, token = tmp / "keyring.json", tmp / "admin-token"
     keyring.write_text(Keyring.generate().dump())
     token.write_text(TOKEN)
-    secure = ["--keyring", str(keyring), "--admin-token-file", str(token)]
-    c = Cluster(tmp)
-    try:
-        first = c.start("n0", ["mlp=builtin:mlp"], [], secure)
-        c.start("n1", ["transformer=builtin:transformer"], [first["gossip"]], secure)
-        c.start("n2", [], [first["gossip"]], secure)
+    secure = ["--admin-token-file", str(token)]
+    with LocalCluster(tmp, keyring=keyring) as c:
+        c.start("n0", models=["mlp=builtin:mlp"], extra=secure)
+        c.start("n1", models=["transformer=builtin:transformer"], join=["n0"], extra=secure)
+        c.start("n2", join=["n0"], extra=secure)
         for n in NODES:
             wait_for(
                 lambda n=n: [m["status"] for m in view(c.http(n))["members"]] == ["alive"] * 3,
-                15,
+                30,
                 f"{n} to see 3 alive members",
             )
         yield c
-    finally:
-        c.stop_all()
 
 
-def admin(cluster: Cluster, node: str, method: str, path: str, body: object) -> None:
+def admin(cluster: LocalCluster, node: str, method: str, path: str, body: object) -> None:
     r = httpx.request(
         method,
         f"http://{cluster.http(node)}{path}",
@@ -91,7 +88,7 @@ def admin(cluster: Cluster, node: str, method: str, path: str, body: object) -> 
     assert r.status_code in (200, 201), r.text
 
 
-def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster) -> None:
+def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: LocalCluster) -> None:
     # Operator data through the admin API (token required): a placed model
     # with a target, and a tag whose value is markup, set on another node.
     admin(cluster, "n1", "POST", "/v1/catalog", {"name": "tiny", "source": "builtin:mlp"})
@@ -182,9 +179,7 @@ def test_the_page_shows_the_cluster_live_and_a_killed_node_dead(cluster: Cluster
             )
 
             # SIGKILL n2: the page, never reloaded, shows it dead.
-            victim = cluster.procs["n2"]
-            os.killpg(victim.pid, signal.SIGKILL)
-            victim.wait(10)
+            cluster.kill("n2")
             killed = time.monotonic()
             until(
                 lambda: (table(driver, "members")["n2"][1], _status(cluster, "n0", "n2")),
@@ -225,7 +220,7 @@ def all_alive(rows: dict[str, list[str]]) -> bool:
     return sorted(rows) == list(NODES) and all(r[1] == "alive" for r in rows.values())
 
 
-def _status(cluster: Cluster, observer: str, member: str) -> str:
+def _status(cluster: LocalCluster, observer: str, member: str) -> str:
     try:
         return str(status_of(cluster.http(observer), member))
     except httpx.HTTPError as e:

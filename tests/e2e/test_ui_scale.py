@@ -22,6 +22,7 @@ import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 
+from node.localcluster import read_line
 from tests.e2e.browser import (
     chromium,
     console_errors,
@@ -74,8 +75,8 @@ def fake() -> Iterator[str]:
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, f"the fake node exited with {proc.wait(5)} before binding"
+        line = read_line(proc.stdout, 60)
+        assert line, f"the fake node did not bind within 60 s ({proc.poll()})"
         yield json.loads(line)["http"]
     finally:
         if proc.poll() is None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 import torch
 import trio
 
+from inference.batcher import LoadStats
 from inference.config import ModelConfig
 from inference.engine import Engine, ModelDescription, TorchEngine
 from inference.errors import (
@@ -91,6 +92,17 @@ def row(v: float) -> dict[str, torch.Tensor]:
     return {"input": torch.full((1, 2), v)}
 
 
+async def until(svc: InferenceService, cond: Callable[[LoadStats], bool], what: str) -> None:
+    """Wait (ample deadline) until the model's stats satisfy `cond`."""
+    with trio.move_on_after(10):
+        while True:
+            stats = svc.stats("m")
+            if stats is not None and cond(stats):
+                return
+            await trio.sleep(0.002)
+    raise AssertionError(f"timed out waiting for {what}: {svc.stats('m')}")
+
+
 async def test_loading_is_async_and_reports_states() -> None:
     async with trio.open_nursery() as n:
         svc = InferenceService(TorchEngine())
@@ -132,7 +144,7 @@ async def test_concurrent_requests_are_batched_and_answered_correctly() -> None:
         async with trio.open_nursery() as clients:
             for i in range(20):
                 clients.start_soon(client, i)
-            await trio.sleep(0.05)
+            await until(svc, lambda st: st.queue + st.in_flight == 20, "20 requests queued")
             engine.gate.set()
         assert results == {i: [[2.0 * i, 2.0 * i]] for i in range(20)}
         assert max(engine.batches) == 8 and sum(engine.batches) == 20
@@ -142,12 +154,14 @@ async def test_concurrent_requests_are_batched_and_answered_correctly() -> None:
 async def test_max_queue_delay_waits_to_fill_a_batch() -> None:
     engine = FakeEngine()
     async with trio.open_nursery() as n:
-        svc = await start(n, "m=builtin:x,max_batch_size=4,max_queue_delay_ms=200", engine)
-        async with trio.open_nursery() as clients:
-            for i in range(4):
-                clients.start_soon(svc.infer, "m", row(i))
-                await trio.sleep(0.01)
-        # Arrivals 10 ms apart, all within the 200 ms delay: one batch of 4.
+        # A delay far beyond the arrivals' spread (10 ms apart: 30 ms in all), so
+        # a busy machine cannot split the batch; a full batch goes at once.
+        svc = await start(n, "m=builtin:x,max_batch_size=4,max_queue_delay_ms=5000", engine)
+        with trio.fail_after(4):  # less than the delay: the fourth arrival sent it
+            async with trio.open_nursery() as clients:
+                for i in range(4):
+                    clients.start_soon(svc.infer, "m", row(i))
+                    await trio.sleep(0.01)  # the arrivals' spacing, not a wait
         assert engine.batches == [4]
         n.cancel_scope.cancel()
 
@@ -174,10 +188,10 @@ async def test_overload_is_rejected_at_once() -> None:
         svc = await start(n, "m=builtin:x,max_batch_size=1,max_queue_size=2", engine)
         engine.gate.clear()
         n.start_soon(svc.infer, "m", row(0))  # taken into the held batch
-        await trio.sleep(0.05)
+        await until(svc, lambda st: st.in_flight == 1, "the first request in the held batch")
         n.start_soon(svc.infer, "m", row(1))
         n.start_soon(svc.infer, "m", row(2))
-        await trio.sleep(0.01)
+        await until(svc, lambda st: st.queue == 2, "two requests waiting")
         with trio.fail_after(0.5), pytest.raises(Overloaded):
             await svc.infer("m", row(3))
         stats = svc.stats("m")
@@ -193,7 +207,7 @@ async def test_timeout_and_cancellation_drop_the_request() -> None:
         svc = await start(n, "m=builtin:x,max_batch_size=1", engine)
         engine.gate.clear()
         n.start_soon(svc.infer, "m", row(0))
-        await trio.sleep(0.05)
+        await until(svc, lambda st: st.in_flight == 1, "the first request in the held batch")
         with pytest.raises(RequestTimeout):
             await svc.infer("m", row(5), timeout_s=0.05)
         with trio.move_on_after(0.05):
@@ -201,8 +215,10 @@ async def test_timeout_and_cancellation_drop_the_request() -> None:
         stats = svc.stats("m")
         assert stats is not None and stats.queue == 0
         engine.gate.set()
-        await trio.sleep(0.1)
+        await until(svc, lambda st: st.completed == 1 and st.in_flight == 0, "the held batch")
         # Neither the timed-out nor the cancelled request reached the model.
+        stats = svc.stats("m")
+        assert stats is not None and stats.queue == 0
         assert engine.batches == [1]
         n.cancel_scope.cancel()
 
@@ -247,12 +263,14 @@ async def test_unload_fails_queued_requests_clearly() -> None:
                 errors.append(type(e))
 
         n.start_soon(send, 0)
-        await trio.sleep(0.05)
+        await until(svc, lambda st: st.in_flight == 1, "the first request in the held batch")
         n.start_soon(send, 1)
-        await trio.sleep(0.01)
+        await until(svc, lambda st: st.queue == 1, "the second request waiting")
         engine.gate.set()
         await svc.unload("m")
-        await trio.sleep(0.05)
+        with trio.fail_after(10):
+            while not errors:
+                await trio.sleep(0.002)
         assert errors == [ModelNotReady]
         n.cancel_scope.cancel()
 
