@@ -22,6 +22,8 @@ log = logging.getLogger("rumor.node")
 SNAPSHOT_MEMBERS = 128
 #: Members are snapshotted to the data dir at most this often (when changed).
 SNAPSHOT_EVERY = 10.0
+#: How soon a snapshot that names a member the saved one lacks is written.
+SNAPSHOT_SOON = 1.0
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -139,19 +141,39 @@ def snapshot_of(members: list[tuple[str, str, float]]) -> list[tuple[str, str]]:
 
 
 class MemberSnapshots:
-    """When the daemon writes its members snapshot: at most every `every`
-    seconds, and only when it changed. Pure (time is given), so the simulator
-    runs the daemon's own rule (sim/datadir.py)."""
+    """When the daemon writes its members snapshot: as soon as it names a member
+    the saved one lacks (checked every `soon` seconds), otherwise at most every
+    `every` seconds and only when it changed. A node restarted a few seconds
+    after it joined so still rejoins the members it had found, and a large
+    fleet's churn costs one small write per `every`. Pure (time is given), so
+    the simulator runs the daemon's own rule (sim/datadir.py)."""
 
-    def __init__(self, store: NodeStore, every: float = SNAPSHOT_EVERY) -> None:
-        self.store, self.every = store, every
+    def __init__(
+        self, store: NodeStore, every: float = SNAPSHOT_EVERY, soon: float = SNAPSHOT_SOON
+    ) -> None:
+        self.store, self.every, self.soon = store, every, soon
         self.saved: list[tuple[str, str]] = []
-        self.checked_at = -every
+        self.checked_at = -soon
+        self.written_at = -every
 
     def tick(self, now: float, members: list[tuple[str, str, float]]) -> bool:
         """`members`: (name, HOST:PORT, last heard). True if a snapshot was written."""
-        if now - self.checked_at < self.every or self.store.dir is None:
+        if now - self.checked_at < self.soon or self.store.dir is None:
             return False
+        self.checked_at = now
+        snap = snapshot_of(members)
+        if not snap or sorted(snap) == sorted(self.saved):
+            return False
+        # Growing towards the bound is news; a full snapshot's rotation is not.
+        saved_names = {name for name, _ in self.saved}
+        news = len(self.saved) < SNAPSHOT_MEMBERS and any(
+            name not in saved_names for name, _ in snap
+        )
+        if not news and now - self.written_at < self.every:
+            return False
+        self.saved, self.written_at = snap, now
+        self.store.save_members(snap)
+        return True
         self.checked_at = now
         snap = snapshot_of(members)
         if snap and sorted(snap) != sorted(self.saved):

@@ -19,8 +19,6 @@ replayed step by step.
 
 from __future__ import annotations
 
-import pytest
-
 from gossip.config import GossipConfig
 from gossip.wire import Status
 from node.store import SNAPSHOT_EVERY
@@ -86,12 +84,6 @@ def test_without_a_data_dir_the_same_schedule_leaves_them_apart() -> None:
     assert not net.run_until_true(lambda: sees_alive(net, "n4", "n5"), 60, 0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the daemon writes its first members snapshot SNAPSHOT_EVERY (10 s) after it "
-    "starts, since its first check, at start, finds no one yet (node.store.MemberSnapshots); "
-    "a process restarted sooner has nothing to rejoin from. Reported to the lead.",
-)
 def test_the_first_schedule_as_found_converges_with_data_dirs() -> None:
     # As the search found it: 3 s after the cluster formed, no time between steps.
     net, dirs = six_nodes(SEEDS, 3)
