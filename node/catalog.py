@@ -18,7 +18,7 @@ from crdt import LWWMap, LWWRegister, ORMap
 from gossip.core import GossipNode
 from gossip.status import replica_id
 
-from .errors import ClockUnhealthy
+from .errors import ClockUnhealthy, NotSaved
 from .store import NodeStore
 
 CATALOG, REPLICAS = "catalog", "replicas"
@@ -67,11 +67,26 @@ class OperatorData:
                 "or write through another node"
             )
 
-    def _changed(self, name: str, delta: Any, now: float) -> None:
-        """The mutation is already in the CRDT: persist it, then send it."""
-        self.save()
-        self._node().update_crdt(name, delta, now)
+    def write(self, name: str, mutate: Callable[[Any], Any], now: float) -> Any:
+        """Mutate a copy, save it, and only then apply and send the delta: a
+        write that cannot be saved is refused (NotSaved) and changes nothing, and
+        a crash cannot lose a dot that peers already hold. The copy's new dot is
+        reissued by the next write, as nobody has seen it."""
+        node = self._node()
+        staged = node.crdt(name).copy()
+        delta = mutate(staged)
+        both = {CATALOG: node.crdt(CATALOG), REPLICAS: node.crdt(REPLICAS), name: staged}
+        try:
+            self.store.save_cluster_state(both[CATALOG], both[REPLICAS])
+        except OSError as e:
+            raise NotSaved(
+                f"this node could not save the write to its data dir ({e}): nothing was "
+                "applied; fix the disk or write through another node"
+            ) from e
+        self.dirty = False  # what peers changed was saved with it
+        node.update_crdt(name, delta, now)
         self._kick()
+        return delta
 
     def _rid(self) -> str:
         node = self._node()
@@ -82,23 +97,32 @@ class OperatorData:
         self.check_clock(now)
         node, rid = self._node(), self._rid()
         ts = node.timestamp(now)
-        catalog = node.crdt(CATALOG)
-        assert isinstance(catalog, ORMap)
-        delta = catalog.update(rid, model, lambda reg: reg.set(rid, spec, ts))
-        self._changed(CATALOG, delta, now)
+
+        def mutate(catalog: Any) -> Any:
+            assert isinstance(catalog, ORMap)
+            return catalog.update(rid, model, lambda reg: reg.set(rid, spec, ts))
+
+        self.write(CATALOG, mutate, now)
         return self.catalog().get(model)
 
     def delete(self, model: str, now: float) -> None:
-        catalog = self._node().crdt(CATALOG)
-        assert isinstance(catalog, ORMap)
-        self._changed(CATALOG, catalog.remove(self._rid(), model), now)
+        rid = self._rid()
+
+        def mutate(catalog: Any) -> Any:
+            assert isinstance(catalog, ORMap)
+            return catalog.remove(rid, model)
+
+        self.write(CATALOG, mutate, now)
 
     def set_target(self, model: str, replicas: int, now: float) -> Any:
         """Write a replica target; returns the target that holds after it."""
         self.check_clock(now)
-        node = self._node()
-        targets = node.crdt(REPLICAS)
-        assert isinstance(targets, LWWMap)
-        delta = targets.set(self._rid(), model, replicas, node.timestamp(now))
-        self._changed(REPLICAS, delta, now)
+        node, rid = self._node(), self._rid()
+        ts = node.timestamp(now)
+
+        def mutate(targets: Any) -> Any:
+            assert isinstance(targets, LWWMap)
+            return targets.set(rid, model, replicas, ts)
+
+        self.write(REPLICAS, mutate, now)
         return self.targets().get(model)

@@ -63,17 +63,18 @@ class MemoryStore(NodeStore):
 
 class SimOperator(OperatorData):
     """The daemon's operator data, reporting each write's delta once it is
-    saved and sent (node.catalog's order: mutate, save, then send)."""
+    saved and sent (node.catalog's order: mutate a copy, save, then apply and send)."""
 
     def __init__(self, name: str, dirs: DataDirs, store: NodeStore) -> None:
         net = dirs.net
         super().__init__(lambda: net.nodes[name].node, lambda: net.flush(net.nodes[name]), store)
         self._name, self._dirs = name, dirs
 
-    def _changed(self, name: str, delta: Any, now: float) -> None:
-        super()._changed(name, delta, now)
+    def write(self, name: str, mutate: Callable[[Any], Any], now: float) -> Any:
+        delta = super().write(name, mutate, now)
         if self._dirs.on_write is not None:
             self._dirs.on_write(self._name, name, delta.copy())
+        return delta
 
 
 @dataclass

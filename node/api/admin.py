@@ -18,7 +18,7 @@ from gossip.transport import is_loopback
 from inference.config import ModelConfig
 from inference.errors import ConfigError
 
-from ..errors import ClockUnhealthy
+from ..errors import ClockUnhealthy, NotSaved
 from .common import HTTPError, error, new_trace, read_body
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class Admin:
             )
         try:
             held = self.daemon.operator.put(mc.name, spec, trio.current_time())
-        except ClockUnhealthy as e:
+        except (ClockUnhealthy, NotSaved) as e:
             return error(503, str(e), new_trace(), {"Retry-After": "5"})
         return JSONResponse(
             {
@@ -132,7 +132,10 @@ class Admin:
         m = request.path_params["model"]
         if m not in self.daemon.operator.catalog():
             return error(404, f"model {m!r} is not in the catalog", new_trace())
-        self.daemon.operator.delete(m, trio.current_time())
+        try:
+            self.daemon.operator.delete(m, trio.current_time())
+        except NotSaved as e:
+            return error(503, str(e), new_trace(), {"Retry-After": "5"})
         return JSONResponse({"model": m, "deleted": True})
 
     async def set_replicas(self, request: Request) -> Response:
@@ -152,7 +155,7 @@ class Admin:
             return error(404, f"model {m!r} is not in the catalog", new_trace())
         try:
             held = self.daemon.operator.set_target(m, n, trio.current_time())
-        except ClockUnhealthy as e:
+        except (ClockUnhealthy, NotSaved) as e:
             return error(503, str(e), new_trace(), {"Retry-After": "5"})
         # The value that holds after the write (a later write elsewhere may win).
         return JSONResponse({"model": m, "replicas": held, "applied": held == n})
