@@ -26,7 +26,10 @@ import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
+
+import msgpack
 
 from crdt import CRDT, HLC, DecodeError, decode
 
@@ -167,6 +170,28 @@ class GossipNode(Membership, FailureDetection, Dissemination, AntiEntropy, Clock
                 f"max_node_state={self.config.max_node_state}"
             )
         self._own_changed(now)
+
+    def set_keys(self, values: Mapping[str, Any], now: float) -> None:
+        """Set several keys of this node's own record as one change: one push
+        carries them all, where `set_key` pushes each at once. All or nothing:
+        StateTooLarge (nothing written) if the record would pass its limit."""
+        if not values:
+            return
+        grow = 0
+        for key, value in values.items():
+            old = self.own.entries.get(key)
+            grow += len(msgpack.packb(value, use_bin_type=True)) - (
+                old.size if old is not None else 0
+            )
+        if self.own.size + grow > self.config.max_node_state:
+            raise StateTooLarge(
+                f"node state would be {self.own.size + grow - self.config.max_node_state} "
+                f"bytes over max_node_state={self.config.max_node_state}"
+            )
+        since = self.own.max_version
+        for key, value in values.items():
+            self.own.set_local(key, value, now)
+        self._own_changed(now, since)
 
     def delete_key(self, key: str, now: float) -> None:
         if self.own.delete_local(key, now):
