@@ -38,6 +38,7 @@ from .cluster.view import GossipView
 from .config import NodeConfig
 from .events import EventHub, Subscription, event_items
 from .models import LocalModels
+from .prefixes import PrefixPublishers
 from .record import Record, coarse
 from .router import Router
 from .store import NodeStore, snapshot_of
@@ -83,6 +84,8 @@ class Daemon:
             self._spawn,
         )
         self.router = Router(self.name, config.router, config.local_margin, self.models)
+        #: Summaries of what this node's LLM engines cache (gossiped; node/prefixes.py).
+        self.prefixes = PrefixPublishers()
         self.record = Record(lambda: self.node, self._kick, self.store)
         self.operator = OperatorData(lambda: self.node, self._kick, self.store)
         self._snapshot: list[tuple[str, str]] = []
@@ -167,6 +170,7 @@ class Daemon:
             now = trio.current_time()
             if not self.draining:
                 self.place(now)
+            await self.prefixes.poll(self.inference, timeout=self.config.interval / 2)
             self.record.publish(self.record_values(), now)
             if self.operator.dirty:
                 self.operator.save()
@@ -221,6 +225,8 @@ class Daemon:
         }
         for name, status in sorted(self.inference.models().items()):
             models[name] = status.to_json()
+            if status.llm is not None:
+                models[name].update(self.prefixes.entry_fields(name))
             if status.llm_stats is not None:
                 load["queue"] += status.llm_stats.waiting
                 load["in_flight"] += status.llm_stats.running
@@ -243,6 +249,8 @@ class Daemon:
             # This router's per-destination in-flight requests: its own entries
             # of the cluster's per-origin counter map (nobody else writes them).
             "inflight": dict(sorted(self.router.state.inflight.items())),
+            # The prefix summaries' slot keys (px:<model tag>:<slot>).
+            **self.prefixes.record_keys(),
         }
 
     # -- events --------------------------------------------------------------

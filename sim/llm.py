@@ -297,7 +297,6 @@ def simulate_llm(
     arrivals = 0
     rid = 0
     warm_until = math.inf
-    last_arrival = 0.0
     done: list[Request] = []
     rejected = 0
     open_work = 0  # sessions (or chat requests) not yet over
@@ -372,7 +371,6 @@ def simulate_llm(
         sim.now, _, kind, a, payload = heapq.heappop(heap)
         if kind == ARRIVE:
             arrivals += 1
-            last_arrival = sim.now
             if arrivals < budget:
                 push(sim.now + wl_rng.expovariate(rate), ARRIVE)
             if arrivals == max(1, budget // 10):

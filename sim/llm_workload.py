@@ -206,9 +206,7 @@ class AgentWorkload:
         s.step += 1
         s.steps_left -= 1
         out = rng.randint(*self.output_tokens)
-        return Request(
-            rid, s, now, s.tokens, out, s.system, s.system_tokens // BLOCK_SIZE, s.sid
-        )
+        return Request(rid, s, now, s.tokens, out, s.system, s.system_tokens // BLOCK_SIZE, s.sid)
 
     def prefill_tokens_per_session(self, rng: random.Random, samples: int = 20_000) -> float:
         """Mean prompt tokens beyond the system prompt, summed over a session's

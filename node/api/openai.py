@@ -151,9 +151,12 @@ class OpenAI:
             return await self._serve_local(req, trace, request)
         tries = Tries(1 + d.config.forward_retries)
         last: OpenAIError | None = None
+        # The prompt's block-hash chain, for prefix-cache affinity (None when the
+        # policy ignores prefixes or no replica publishes a summary).
+        prefix = d.router.prefix_request(d.node, m, req.chat, req.messages, req.prompt)
 
         def choose(exclude: set[str]) -> str | None:
-            return d.router.choose(d.node, m, exclude, trio.current_time())
+            return d.router.choose(d.node, m, exclude, trio.current_time(), prefix, llm=True)
 
         while (target := tries.next(choose)) is not None:
             if target == d.name:
@@ -238,6 +241,7 @@ class OpenAI:
                 ids = llm.tokenizer.encode(req.prompt)
         except (InvalidInput, ValueError, TypeError) as e:
             raise OpenAIError(400, f"cannot apply the chat template: {e}") from None
+        d.prefixes.served(req.model, ids)  # an engine without KV events: its summary
         params = _sampling(req, len(ids), llm)
         rid = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())

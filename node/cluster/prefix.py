@@ -183,9 +183,9 @@ class SummaryPublisher:
         self._dirty.clear()
         return out
 
-    def keys(self) -> list[str]:
-        """Every slot key this summary has published."""
-        return [slot_key(self.tag, s) for s in sorted(self._published)]
+    def published(self) -> dict[str, bytes]:
+        """Every slot key published so far, at its last published value."""
+        return {slot_key(self.tag, s): v for s, v in sorted(self._published.items())}
 
     def snapshot(self) -> Summary:
         """What a router would decode from the published state now."""

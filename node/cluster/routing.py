@@ -284,9 +284,7 @@ class CacheAware:
 
 POLICIES: dict[str, Policy] = {
     p.name: p
-    for p in (
-        Rumor(), P2C(), LeastLoaded(), Random(), RoundRobin(), RumorPrefix(), CacheAware()
-    )
+    for p in (Rumor(), P2C(), LeastLoaded(), Random(), RoundRobin(), RumorPrefix(), CacheAware())
 }
 
 
