@@ -146,6 +146,7 @@ class CandidateBuilder:
         self.local_queue = local_queue
         self.prefix, self.summaries = prefix, summaries
         self._built: dict[str, Candidate] = {}
+        self._level = 0  # the highest summary level among the candidates built
 
     def __call__(self, name: str) -> Candidate:
         c = self._built.get(name)
@@ -193,6 +194,24 @@ class CandidateBuilder:
             cache_blocks=blocks,
         )
 
+    def affinity(self, tokens: int) -> int | None:
+        """A key for the request's own content past its first `tokens` (a match
+        read from summaries): the hash of the first block past them that a
+        summary would have kept had any replica held it, so a block past the
+        prefix the replicas share, and the same for every step of a session
+        (its chain only grows). None for a request without a prefix."""
+        req = self.prefix
+        if req is None or not req.chains:
+            return None
+        scheme = min(req.chains)
+        chain = req.chains[scheme]
+        if not chain:
+            return None
+        for pos in req.sampled_positions(scheme, self._level):
+            if (pos + 1) * scheme[0] > tokens:
+                return chain[pos]
+        return chain[-1]
+
     def _prefix(self, name: str) -> tuple[int, int, int]:
         """(prompt tokens, of which cached there, its cache's blocks)."""
         req = self.prefix
@@ -202,6 +221,7 @@ class CandidateBuilder:
         if found is None:
             return req.prompt_tokens, 0, 0
         scheme, summary = found
+        self._level = max(self._level, summary.level)
         return req.prompt_tokens, req.matched_tokens(scheme, summary), summary.blocks
 
 
@@ -224,6 +244,8 @@ class Builder(Protocol):
 
     def queue(self, name: str) -> float: ...
 
+    def affinity(self, tokens: int) -> int | None: ...
+
 
 class Given:
     """A Builder over candidates already built (tests, tools)."""
@@ -236,3 +258,6 @@ class Given:
 
     def queue(self, name: str) -> float:
         return self.by_name[name].queue
+
+    def affinity(self, tokens: int) -> int | None:
+        return None

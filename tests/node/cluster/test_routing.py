@@ -173,6 +173,40 @@ def test_rumor_prefix_spreads_a_prefix_that_many_hold() -> None:
     assert len(set(picks)) == 8
 
 
+class _Keyed(Given):
+    """Candidates of a request whose content past the shared prefix has `key`."""
+
+    def __init__(self, cands: list[Candidate], key: int) -> None:
+        super().__init__(cands)
+        self.key = key
+
+    def affinity(self, tokens: int) -> int | None:
+        return self.key
+
+
+def test_rumor_prefix_sends_a_session_home_whatever_each_router_sees() -> None:
+    """Every replica holds the system prompt and nobody has heard yet where the
+    session's history went: routers with different (stale) loads still agree
+    on its home, and different sessions have different homes."""
+    p = policy("rumor_prefix")
+    homes = set()
+    for session in range(40):
+        picks = set()
+        for router in range(10):
+            rng = random.Random(f"{session}/{router}")
+            cands = [_llm(str(i), queue=rng.randrange(3), cached=3_000) for i in range(8)]
+            picks.add(p.choose([c.name for c in cands], _Keyed(cands, session), rng, RouterState()))
+        assert len(picks) == 1, picks
+        homes |= picks
+    assert len(homes) == 8
+    # A loaded home is left for the rest of its pair or a sampled replica.
+    cands = [_llm(str(i), queue=0, cached=3_000) for i in range(8)]
+    home = p.choose([c.name for c in cands], _Keyed(cands, 7), random.Random(1), RouterState())
+    cands = [_llm(c.name, queue=20 if c.name == home else 0, cached=3_000) for c in cands]
+    names = [c.name for c in cands]
+    assert p.choose(names, _Keyed(cands, 7), random.Random(1), RouterState()) != home
+
+
 def test_rumor_prefix_guard_keeps_a_hot_prefix_from_piling_up() -> None:
     p, state = policy("rumor_prefix"), RouterState()
     state.uncached_ewma = 10.0  # requests ahead look cheap: cost alone would pile on
