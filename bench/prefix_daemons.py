@@ -201,6 +201,13 @@ def gossip_bytes(c: LocalCluster, names: list[str]) -> float:
     return total
 
 
+def idle_bytes(c: LocalCluster, names: list[str], seconds: float) -> float:
+    """Gossip bytes per node per second over `seconds` of no requests."""
+    b0, t0 = gossip_bytes(c, names), time.monotonic()
+    time.sleep(seconds)
+    return (gossip_bytes(c, names) - b0) / (time.monotonic() - t0) / len(names)
+
+
 def run_policy(router: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     names = [f"n{i}" for i in range(args.nodes)]
     with LocalCluster(tmp / router) as c:
@@ -219,7 +226,8 @@ def run_policy(router: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
             )
 
         c.wait_for(ready, 180, "every engine ready")
-        time.sleep(1.0)
+        time.sleep(3.0)
+        idle_empty = idle_bytes(c, names, args.idle)  # loaded engines, empty summaries
         agents = Agents([f"http://{c.http(n)}" for n in names], args.seed, (0.2, 0.5))
         agents.run(args.agents, args.warmup)  # fills the system prompt in the caches
         agents.rows.clear()
@@ -230,10 +238,8 @@ def run_policy(router: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
         b1 = gossip_bytes(c, names)
         time.sleep(0.6)  # the counters are gossiped once per interval
         q1, h1 = engine_counters(c, names)
-        time.sleep(2.0)
-        b2, t2 = gossip_bytes(c, names), time.monotonic()
-        time.sleep(args.idle)  # nothing changes: what an idle cluster with summaries sends
-        idle = (gossip_bytes(c, names) - b2) / (time.monotonic() - t2) / len(names)
+        time.sleep(6.0)  # the engines' tokens/s (a 5 s window) settle at 0
+        idle_full = idle_bytes(c, names, args.idle)  # the same, summaries full
     rows = agents.rows
     ttft = sorted(r["ttft"] for r in rows)
     served: dict[str, int] = {}
@@ -252,7 +258,8 @@ def run_policy(router: str, args: argparse.Namespace, tmp: Path) -> dict[str, An
         "hit_rate_engines": round((h1 - h0) / (q1 - q0), 4) if q1 > q0 else None,
         "prompt_tokens_mean": round(prompt / len(rows)) if rows else None,
         "gossip_busy_bytes_per_node_s": round((b1 - b0) / wall / len(names)),
-        "gossip_idle_bytes_per_node_s": round(idle, 1),
+        "gossip_idle_bytes_per_node_s": round(idle_full, 1),
+        "gossip_idle_before_bytes_per_node_s": round(idle_empty, 1),
         "served_by": dict(sorted(served.items())),
     }  # fmt: skip
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from .prefix import PrefixRequest, Scheme, Summary
@@ -162,25 +162,18 @@ class CandidateBuilder:
         return r.queue if r is not None else 0.0
 
     def _build(self, name: str) -> Candidate:
-        prompt, cached, blocks = self._prefix(name)
+        c = self._load(name)
+        if self.prefix is None:
+            return c
+        prompt, cached, blocks = self._prefix(self.prefix, name)
+        return replace(c, prompt_tokens=prompt, cached_tokens=cached, cache_blocks=blocks)
+
+    def _load(self, name: str) -> Candidate:
         if name == self.me and self.local_queue is not None:
-            return Candidate(
-                name,
-                queue=self.local_queue,
-                local=True,
-                prompt_tokens=prompt,
-                cached_tokens=cached,
-                cache_blocks=blocks,
-            )
+            return Candidate(name, queue=self.local_queue, local=True)
         r = self.view.report(name)
         if r is None:
-            return Candidate(
-                name,
-                own_inflight=self.state.inflight.get(name, 0),
-                prompt_tokens=prompt,
-                cached_tokens=cached,
-                cache_blocks=blocks,
-            )
+            return Candidate(name, own_inflight=self.state.inflight.get(name, 0))
         return Candidate(
             name,
             queue=r.queue,
@@ -189,9 +182,6 @@ class CandidateBuilder:
             others_inflight=others_inflight(self.view, self.me, name, r.service_s, self.now),
             own_inflight=self.state.inflight.get(name, 0),
             own_sent_since=self.state.sends_since(name, r.at),
-            prompt_tokens=prompt,
-            cached_tokens=cached,
-            cache_blocks=blocks,
         )
 
     def affinity(self, tokens: int) -> int | None:
@@ -212,11 +202,8 @@ class CandidateBuilder:
                 return chain[pos]
         return chain[-1]
 
-    def _prefix(self, name: str) -> tuple[int, int, int]:
+    def _prefix(self, req: PrefixRequest, name: str) -> tuple[int, int, int]:
         """(prompt tokens, of which cached there, its cache's blocks)."""
-        req = self.prefix
-        if req is None:
-            return 0, 0, 0
         found = self.summaries.prefix_summary(name, req.model) if self.summaries else None
         if found is None:
             return req.prompt_tokens, 0, 0
