@@ -237,7 +237,8 @@ def simulate_llm(
     """One cell: `policy` on `workload` at `load` with views `staleness_s` old
     ("gossip": drawn from `gossip_delays`, measured when not given).
     `sessions` agent sessions or `requests` chat prompts arrive; the first
-    tenth of the arrival span warms the caches and is not measured."""
+    quarter of the arrivals warms the caches (and brings agent sessions, which
+    last a minute, to a steady state) and is not measured."""
     if policy not in PLAN:
         raise ValueError(f"unknown policy {policy!r}; have {', '.join(POLICIES)}")
     if workload not in ("agent", "chat"):
@@ -299,6 +300,7 @@ def simulate_llm(
     warm_until = math.inf
     done: list[Request] = []
     rejected = 0
+    last_arrival = 0.0
     open_work = 0  # sessions (or chat requests) not yet over
     snap_cache: dict[int, tuple[int, Summary]] = {}
 
@@ -363,7 +365,7 @@ def simulate_llm(
         s = r.session
         if s is not None and s.steps_left > 0:
             s.tokens += r.output_tokens
-            push(sim.now + wl_rng.uniform(*agent.think_s), NEXT_STEP, 0, s)
+            push(sim.now + agent.think(s), NEXT_STEP, 0, s)
         else:
             end_of(r)
 
@@ -371,21 +373,22 @@ def simulate_llm(
         sim.now, _, kind, a, payload = heapq.heappop(heap)
         if kind == ARRIVE:
             arrivals += 1
+            last_arrival = sim.now
             if arrivals < budget:
                 push(sim.now + wl_rng.expovariate(rate), ARRIVE)
-            if arrivals == max(1, budget // 10):
+            if arrivals == max(1, budget // 4):
                 warm_until = sim.now
             rid += 1
             open_work += 1
             if workload == "agent":
                 s = agent.new_session(rid, wl_rng, systems)
-                route(agent.next_request(s, rid, sim.now, wl_rng))
+                route(agent.next_request(s, rid, sim.now))
             else:
                 route(chat.request(rid, sim.now, wl_rng))
         elif kind == NEXT_STEP:
             s = payload
             rid += 1
-            route(agent.next_request(s, rid, sim.now, wl_rng))
+            route(agent.next_request(s, rid, sim.now))
         elif kind == STEP:
             node = sim.nodes[a]
             if payload != node.epoch:
@@ -401,7 +404,7 @@ def simulate_llm(
                 push(sim.now + INTERVAL, PUBLISH, a)
     staleness_mean = 0.0 if central else staleness_mean
     return _result(policy, workload, nodes, routers, load, staleness_mean, done, warm_until,
-                   rejected)  # fmt: skip
+                   last_arrival, rejected)  # fmt: skip
 
 
 def _sampled_positions(prefix: PrefixRequest, r: Request, segments: Segments, floor: int) -> None:
@@ -426,13 +429,16 @@ def _result(
     staleness: float,
     done: list[Request],
     warm_until: float,
+    last_arrival: float,
     rejected: int,
 ) -> LLMResult:
     measured = [r for r in done if r.arrival >= warm_until]
     ttft = sorted(r.first_token_at - r.arrival for r in measured)
     e2e = [r.done_at - r.arrival for r in measured]
-    span = max((r.done_at for r in measured), default=warm_until) - warm_until
-    out_tokens = sum(r.output_tokens for r in measured)
+    # Tokens of the requests completed within the measured arrival window, per
+    # second of it: the offered rate when the nodes keep up, less when not.
+    span = last_arrival - warm_until
+    out_tokens = sum(r.output_tokens for r in done if warm_until <= r.done_at <= last_arrival)
     prompt = sum(r.prompt_tokens for r in measured)
     hits = sum(r.cached_tokens for r in measured)
 

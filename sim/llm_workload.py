@@ -180,6 +180,9 @@ class Session:
     system_tokens: int
     steps_left: int
     tokens: int  # the stream's length so far (system prompt, observations, replies)
+    #: The session's own draws (observations, replies, pauses), so every policy
+    #: sees the same sessions whatever order their steps happen in.
+    rng: random.Random
     step: int = 0
 
 
@@ -197,15 +200,16 @@ class AgentWorkload:
         return [rng.randint(*self.system_tokens) for _ in range(self.system_prompts)]
 
     def new_session(self, sid: int, rng: random.Random, systems: list[int]) -> Session:
-        k = rng.randrange(len(systems))
-        return Session(sid, SYSTEM_NS | k, systems[k], rng.randint(*self.steps), systems[k])
+        own = random.Random(rng.getrandbits(64))
+        k = own.randrange(len(systems))
+        return Session(sid, SYSTEM_NS | k, systems[k], own.randint(*self.steps), systems[k], own)
 
-    def next_request(self, s: Session, rid: int, now: float, rng: random.Random) -> Request:
+    def next_request(self, s: Session, rid: int, now: float) -> Request:
         """The session's next step: its stream grows by an observation."""
-        s.tokens += rng.randint(*self.observation_tokens)
+        s.tokens += s.rng.randint(*self.observation_tokens)
         s.step += 1
         s.steps_left -= 1
-        out = rng.randint(*self.output_tokens)
+        out = s.rng.randint(*self.output_tokens)
         return Request(rid, s, now, s.tokens, out, s.system, s.system_tokens // BLOCK_SIZE, s.sid)
 
     def prefill_tokens_per_session(self, rng: random.Random, samples: int = 20_000) -> float:
@@ -221,8 +225,9 @@ class AgentWorkload:
                 stream += (self.output_tokens[0] + self.output_tokens[1]) // 2
         return total / samples
 
-    def mean_steps(self) -> float:
-        return (self.steps[0] + self.steps[1]) / 2
+    def think(self, s: Session) -> float:
+        """How long the agent acts on a reply before its next step."""
+        return s.rng.uniform(*self.think_s)
 
 
 @dataclass(frozen=True)
