@@ -170,7 +170,7 @@ class Daemon:
             now = trio.current_time()
             if not self.draining:
                 self.place(now)
-            await self.prefixes.poll(self.inference, timeout=self.config.interval / 2)
+            await self.prefixes.poll(self.inference, self.config.interval / 2, now)
             self.record.publish(self.record_values(), now)
             if self.operator.dirty:
                 self.operator.save()

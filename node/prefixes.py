@@ -2,9 +2,10 @@
 
 * `PrefixPublishers`: what this node's engines cache, as gossiped summaries.
   For each LLM held here, once per publish interval, it reads the engine's KV
-  events (`kv_events_since`) into a SummaryPublisher; a new engine (a reload,
-  a restart) starts from its cache snapshot, so a fresh, empty cache is
-  published within one interval. An engine without KV events is summarised
+  events (`kv_events_since`) into a SummaryPublisher, and publishes the
+  summary's changes at most every SUMMARY_EVERY; a new engine (a reload, a
+  restart) starts from its cache snapshot, and its fresh, empty summary is
+  published at once. An engine without KV events is summarised
   from the prompts this node served (approximate).
 * `PromptHasher`: a request's block-hash chain, as the replicas' engines
   would compute it, for the router. Tokenized with the model's tokenizer: a
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .cluster.prefix import (
+    SUMMARY_EVERY,
     PrefixRequest,
     Scheme,
     ServedPrefixes,
@@ -61,15 +63,29 @@ class _Followed:
         self.summary = SummaryPublisher(model, kv_blocks=kv_blocks)
         self.served = ServedPrefixes(self.summary, kv_blocks or ROUTED_BLOCKS)
         self.tokenizer = llm.tokenizer.fingerprint()
+        self.published_at = -SUMMARY_EVERY  # a new engine's summary goes out at once
+        self.header: dict[str, Any] = self.summary.header()
+        self.keys: dict[str, bytes] = {}
+
+    def publish(self, now: float) -> None:
+        """Take the summary's slots and header as published (together: a level
+        change rewrites both), if SUMMARY_EVERY has passed."""
+        if now - self.published_at < SUMMARY_EVERY:
+            return
+        self.published_at = now
+        self.summary.changes()
+        self.keys = self.summary.published()
+        self.header = self.summary.header()
 
 
 class PrefixPublishers:
     def __init__(self) -> None:
         self._models: dict[str, _Followed] = {}
 
-    async def poll(self, inference: InferenceService, timeout: float) -> None:
-        """Bring every local LLM's summary up to date (at most `timeout` s:
-        a stuck engine must not stall the publish loop)."""
+    async def poll(self, inference: InferenceService, timeout: float, now: float) -> None:
+        """Bring every local LLM's summary up to date (at most `timeout` s: a
+        stuck engine must not stall the publish loop), and take what is due
+        for publishing."""
         live = {}
         for name, status in inference.models().items():
             if status.llm is None:
@@ -82,6 +98,8 @@ class PrefixPublishers:
         with trio.move_on_after(timeout):
             for f in live.values():
                 await self._follow(f)
+        for f in live.values():
+            f.publish(now)
 
     async def _follow(self, f: _Followed) -> None:
         from inference.errors import EngineDeadError
@@ -125,14 +143,13 @@ class PrefixPublishers:
         f = self._models.get(model)
         if f is None:
             return {}
-        return {"prefix": f.summary.header(), "tokenizer": f.tokenizer}
+        return {"prefix": f.header, "tokenizer": f.tokenizer}
 
     def record_keys(self) -> dict[str, bytes]:
-        """Every summary slot key of every local LLM, at its current value."""
+        """Every summary slot key of every local LLM, as last published."""
         out: dict[str, bytes] = {}
         for f in self._models.values():
-            f.summary.changes()
-            out.update(f.summary.published())
+            out.update(f.keys)
         return out
 
 

@@ -9,9 +9,10 @@ view (node.cluster.candidates.CandidateBuilder), its own RouterState, and the
 prefix summaries the nodes publish (node.cluster.prefix.SummaryPublisher, fed
 with every block the node caches or evicts).
 
-Staleness. Each node publishes its load (waiting + running) and its prefix
-summary once per publish interval (0.2 s, at its own phase, as the daemon's
-publish loop), and each router its in-flight counts; a router sees each
+Staleness. Each node publishes its load (waiting + running) once per publish
+interval (0.2 s, at its own phase, as the daemon's publish loop) and its
+prefix summary's changes at most every SUMMARY_EVERY (1 s), and each router
+its in-flight counts; a router sees each
 publication `staleness_s` later (a fixed delay), or, with `staleness="gossip"`,
 after a delay drawn from the real gossip core's measured dissemination of
 summary writes in a cluster this size (sim.prefix_gossip).
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.cluster.candidates import CandidateBuilder, RouterState
-from node.cluster.prefix import PrefixRequest, Scheme, Summary, SummaryPublisher
+from node.cluster.prefix import SUMMARY_EVERY, PrefixRequest, Scheme, Summary, SummaryPublisher
 from node.cluster.routing import POLICIES as CLUSTER_POLICIES
 from node.cluster.routing import Policy
 from node.cluster.view import LoadReport
@@ -302,16 +303,19 @@ def simulate_llm(
     rejected = 0
     last_arrival = 0.0
     open_work = 0  # sessions (or chat requests) not yet over
-    snap_cache: dict[int, tuple[int, Summary]] = {}
+    snap_cache: dict[int, tuple[int, Summary, float]] = {}
 
     def publish(i: int) -> None:
+        """Node i's publish loop: its load every interval, its summary's changes
+        at most every SUMMARY_EVERY (as node.prefixes does)."""
         node = sim.nodes[i]
         arrive = [sim.now + (fixed if fixed is not None else rng.choice(delays))
                   for _ in range(nodes)]  # fmt: skip
         cached = snap_cache.get(i)
-        if cached is None or cached[0] != node.changes:
+        due = cached is None or sim.now - cached[2] >= SUMMARY_EVERY - 1e-9
+        if cached is None or (due and cached[0] != node.changes):
             node.summary.blocks = node.cached
-            cached = snap_cache[i] = (node.changes, node.summary.snapshot())
+            cached = snap_cache[i] = (node.changes, node.summary.snapshot(), sim.now)
         oldest = sim.now - max_delay - HORIZON_S
         sim.node_pubs[i].add(_Published(sim.now, arrive, float(node.queue), cached[1]), sim.now,
                              oldest)  # fmt: skip

@@ -11,7 +11,8 @@ loop) each node republishes what changed. Four regimes:
 * `busy`: every publish rewrites the model's load figures (`models` and
   `load` keys), as a serving node's does, and no summary;
 * `busy_summary`: the same plus `churn` block hashes stored and as many
-  evicted per second through a SummaryPublisher (its slot keys rewritten).
+  evicted per second through a SummaryPublisher, whose changed slot keys go
+  out at most every SUMMARY_EVERY (1 s), as the daemon publishes them.
 
 The bytes are every datagram and stream frame the nodes send; the delays
 are from a node's write of a summary key to each peer applying it (what
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gossip.core import EventType, GossipNode
-from node.cluster.prefix import KEY_PREFIX, SummaryPublisher
+from node.cluster.prefix import KEY_PREFIX, SUMMARY_EVERY, SummaryPublisher
 
 from .network import bootstrap
 
@@ -111,6 +112,7 @@ def measure(
     writes: list[tuple[str, str, float]] = []  # (writer, key, when)
     t = 0.0
     carry = {n: 0.0 for n in names}
+    last = {n: -SUMMARY_EVERY for n in names}
     while t < seconds:
         t = round(t + 0.01, 6)
         net.run_until(start + t)
@@ -126,7 +128,11 @@ def measure(
                 pubs[n].stored(new)
                 pubs[n].removed(old)
             if busy or with_summary:
-                keys = _publish(net, n, pubs[n] if with_summary else None, rng, busy)
+                # The summary's changes go out at most every SUMMARY_EVERY (node.prefixes).
+                due = with_summary and t - last[n] >= SUMMARY_EVERY - 1e-9
+                if due:
+                    last[n] = t
+                keys = _publish(net, n, pubs[n] if due else None, rng, busy)
                 writes += [(n, k, net.now) for k in keys if k.startswith(KEY_PREFIX)]
     sent = sum(net.bytes_sent.values()) - sent0
     return GossipCost(

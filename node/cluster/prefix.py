@@ -51,6 +51,12 @@ KEY_PREFIX = "px:"
 #: A lower level is taken back only when it would fill at most this much of
 #: the budget (hysteresis: a level change rewrites every slot).
 LOWER_AT = 0.7
+#: A summary's changes are published at most this often (the load, every
+#: gossip interval): gossip floods each change to every node, and in
+#: `rumor sim llm` summaries 1 s older cost no measurable hit rate (routers
+#: send a session to its home pair before they hear where it went). A new
+#: engine's empty summary goes out at once.
+SUMMARY_EVERY = 1.0
 #: Sampled hashes tracked beyond the budget, as a multiple of it, so the level
 #: can fall again without a resync (bounds the tracker's memory for huge caches).
 TRACK_FACTOR = 4

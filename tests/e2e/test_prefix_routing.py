@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from node.cluster.prefix import SUMMARY_EVERY
 from node.localcluster import LocalCluster
 
 MODEL = "agent"
@@ -60,9 +61,9 @@ def test_a_conversation_follows_its_cached_prefix_whichever_node_it_enters(
             {"role": "assistant", "content": reply},
             {"role": "user", "content": f"Screen {i}: the settings list, wifi off."},
         ]
-        # Once the holder's summary has been gossiped (one interval), every node
-        # routes the next step there.
-        time.sleep(0.5)
+        # Once the holder's summary has been published (SUMMARY_EVERY)
+        # and gossiped, every node routes the next step there.
+        time.sleep(SUMMARY_EVERY + 0.4)
         served, usage, reply = _chat(cluster, entry, msgs)
         assert served == first, (i, entry)
         assert usage["prompt_tokens_details"]["cached_tokens"] >= 0.8 * usage["prompt_tokens"]

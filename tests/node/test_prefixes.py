@@ -56,11 +56,13 @@ async def test_the_summary_follows_the_engine_and_a_new_engine_starts_empty() ->
     prompt = list(range(5, 5 + 100))  # six full blocks of 16 and a tail
     async with open_in_process(llm_config()) as llm:
         service = _Service(llm)
-        await pubs.poll(service, 5.0)  # type: ignore[arg-type]
+        await pubs.poll(service, 5.0, 0.0)  # type: ignore[arg-type]
         assert pubs.entry_fields("t")["prefix"]["blocks"] == 0
         async for _ in llm.generate(prompt, PARAMS):
             pass
-        await pubs.poll(service, 5.0)  # type: ignore[arg-type]
+        await pubs.poll(service, 5.0, 0.5)  # type: ignore[arg-type]
+        assert pubs.entry_fields("t")["prefix"]["blocks"] == 0  # not due yet: 1 s apart
+        await pubs.poll(service, 5.0, 1.0)  # type: ignore[arg-type]
         rec = _record(pubs, llm)
         observer = _observer(rec)
         view = GossipView(observer, SummaryCache())
@@ -75,7 +77,7 @@ async def test_the_summary_follows_the_engine_and_a_new_engine_starts_empty() ->
         assert req.matched_tokens(scheme, summary) == 6 * 16
         assert summary.exact and summary.blocks >= 6
     async with open_in_process(llm_config()) as fresh:  # a restarted engine
-        await pubs.poll(_Service(fresh), 5.0)  # type: ignore[arg-type]
+        await pubs.poll(_Service(fresh), 5.0, 1.2)  # type: ignore[arg-type]
         rec = _record(pubs, fresh)
         assert rec["models"]["t"]["prefix"]["blocks"] == 0
         assert all(v == b"" for k, v in rec.items() if k.startswith("px:"))
