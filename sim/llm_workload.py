@@ -70,10 +70,6 @@ def block_of(h: int) -> tuple[int, int]:
     return x >> INDEX_BITS, x & ((1 << INDEX_BITS) - 1)
 
 
-def trailing_zeros(h: int) -> int:
-    return 64 if h == 0 else (h & -h).bit_length() - 1
-
-
 class Segments:
     """Each segment's hashes that a summary could keep (trailing zeros >=
     `floor`), computed once as the segment grows: what the nodes report to

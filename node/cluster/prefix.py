@@ -76,10 +76,6 @@ def fingerprint(block_hash: int) -> int:
     return (block_hash >> 32) & 0xFFFFFFFF
 
 
-def sampled(block_hash: int, level: int) -> bool:
-    return block_hash & ((1 << level) - 1) == 0
-
-
 def trailing_zeros(h: int) -> int:
     return 64 if h == 0 else (h & -h).bit_length() - 1
 
