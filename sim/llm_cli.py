@@ -109,7 +109,7 @@ def plot_llm(results: list[dict[str, Any]], out: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = sorted({(x["workload"], x["load"]) for x in results})
-    fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(groups), figsize=(5.5 * len(groups), 7.5), squeeze=False)
     for col, (w, ld) in enumerate(groups):
         hit_ax, ttft_ax = axes[0][col], axes[1][col]
         rows = [x for x in results if x["workload"] == w and x["load"] == ld]
@@ -128,7 +128,8 @@ def plot_llm(results: list[dict[str, Any]], out: str) -> None:
         ttft_ax.set_ylabel("mean TTFT (s)")
         ttft_ax.set_yscale("log")
         ttft_ax.set_xlabel("routing state staleness (s)")
-    axes[0][-1].legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize="small")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out, dpi=100)
     plt.close(fig)
