@@ -45,7 +45,7 @@ from typing import Any
 from node.cluster.candidates import CandidateBuilder, RouterState
 from node.cluster.prefix import SUMMARY_EVERY, PrefixRequest, Scheme, Summary, SummaryPublisher
 from node.cluster.routing import POLICIES as CLUSTER_POLICIES
-from node.cluster.routing import Policy
+from node.cluster.routing import Policy, RumorPrefix
 from node.cluster.view import LoadReport
 
 from .llm_node import NodeModel, ServingNode
@@ -72,6 +72,9 @@ PLAN: dict[str, tuple[str, bool]] = {
     "cache_aware": ("cache_aware", False),
     "central_cache_aware": ("cache_aware", True),
 }
+#: Variants of a cluster policy, for ablations (not in the default grid).
+VARIANTS: dict[str, Policy] = {"rumor_prefix_no_home": RumorPrefix(home=False)}
+PLAN["rumor_prefix_no_home"] = ("rumor_prefix_no_home", False)
 MODEL = "agent"
 SCHEME: Scheme = (BLOCK_SIZE, "sim-mix64", MODEL)
 INTERVAL = 0.2  # the daemon's publish loop
@@ -245,7 +248,7 @@ def simulate_llm(
     if workload not in ("agent", "chat"):
         raise ValueError(f"unknown workload {workload!r}; have agent, chat")
     name, central = PLAN[policy]
-    chooser: Policy = CLUSTER_POLICIES[name]
+    chooser: Policy = VARIANTS[name] if name in VARIANTS else CLUSTER_POLICIES[name]
     m = node_model or NodeModel()
     agent = agent or AgentWorkload()
     chat = chat or ChatWorkload()

@@ -194,13 +194,14 @@ class RumorPrefix:
     as `rumor` does; those holding more than the prefix that more than `d`
     replicas share (an agent session's history, as far as gossip has told
     us); and, once some prefix is that widely shared (a system prompt), the
-    request's *home pair*: the `d` replicas that rank highest for the first
-    block past it (rendezvous hashing on the request's own content, the same
-    for every step of a session). The first of the pair, the home, costs
-    `home_bias` requests less. So every router sends one session's steps to
-    its home, however stale its view, unless gossip shows the history
-    elsewhere or the home is loaded; with views 5 s old the hit rate stays
-    within 1% of fresh ones in `rumor sim llm` (docs/benchmarks.md).
+    request's *home pair*: the `d` replicas (of all) that rank highest for
+    the first block past it (rendezvous hashing on the request's own content,
+    the same for every step of a session). The first of the pair, the home,
+    costs `home_bias` requests less. So every router sends one session's
+    steps to its home, however stale its view, unless gossip shows the
+    history elsewhere or the home is loaded, and sessions spread over all
+    replicas, a cold one (restarted, or new) included; with views 5 s old the
+    hit rate is that of fresh ones in `rumor sim llm` (docs/benchmarks.md).
 
     Imbalance guard (SGLang's rule, on the scored ones): if the cheapest
     replica's load exceeds the least loaded one's by more than `balance_abs`
@@ -213,6 +214,9 @@ class RumorPrefix:
     """
 
     d: int = 2
+    #: Score the home pair (False: only the sample and the deeper holders; the
+    #: ablation `rumor sim llm` runs as rumor_prefix_no_home).
+    home: bool = True
     home_bias: float = 4.0
     balance_abs: float = 8.0
     balance_rel: float = 1.5
@@ -238,11 +242,10 @@ class RumorPrefix:
         shared = ranked[self.d] if len(ranked) > self.d else 0
         deep = [n for n in names if cand(n).cached_tokens > shared]
         pool = sample + deep
-        key = cand.affinity(shared) if shared > 0 else None
+        key = cand.affinity(shared) if shared > 0 and self.home else None
         home = None
         if key is not None:
-            common = [n for n in names if cand(n).cached_tokens >= shared]
-            pair = sorted(common, key=lambda n: rendezvous(key, n))[: self.d]
+            pair = sorted(names, key=lambda n: rendezvous(key, n))[: self.d]
             home = pair[0]
             pool += pair
         pool = list(dict.fromkeys(pool))
