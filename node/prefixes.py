@@ -161,6 +161,7 @@ class PromptHasher:
         self._builtin: tuple[str, LLMTokenizer] | None = None
         #: Fallback: per replica, the character blocks of prompts we sent it.
         self.routed: dict[tuple[str, str], ServedPrefixes] = {}
+        self._fallback_said: set[str] = set()
 
     def tokenizer(self, model: str, fingerprint: object) -> LLMTokenizer | None:
         """A tokenizer that yields the replicas' token ids, or None."""
@@ -196,6 +197,13 @@ class PromptHasher:
             if tok is not None:
                 break
         if tok is None:
+            if model not in self._fallback_said:
+                self._fallback_said.add(model)
+                log.info(
+                    "no tokenizer for %s here: routing its requests on 64-character "
+                    "blocks of the prompts this node sent to each replica",
+                    model,
+                )
             text = _render(messages) if chat else prompt
             chain = char_block_hashes(text, model)
             return PrefixRequest(model, max(1, len(text) // 4), {char_scheme(model): chain})
