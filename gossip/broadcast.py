@@ -62,11 +62,13 @@ class Dissemination(AntiEntropy):
             joined.merge(delta)
         self._bc_crdts[name] = (joined, self._retransmit_limit())
 
-    def _own_changed(self, now: float) -> None:
+    def _own_changed(self, now: float, since: int | None = None) -> None:
+        """Our record changed (above version `since`; default: the last write)."""
         self.state.touched(self.name)
         self._emit(EventType.UPDATE, self.name, now)
         cur = self._bc_records.get(self.name)
-        self._queue_record(self.name, self.own.max_version - 1 if cur is None else cur[0])
+        fv = self.own.max_version - 1 if since is None else since
+        self._queue_record(self.name, fv if cur is None else min(cur[0], fv))
         self._push_now(now)
 
     def _push_now(self, now: float) -> None:

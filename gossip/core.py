@@ -26,7 +26,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from crdt import CRDT, HLC, DecodeError, decode
@@ -47,6 +47,7 @@ from .wire import (
     NodeDelta,
     Status,
     decode_message,
+    packb,
 )
 
 __all__ = [
@@ -157,15 +158,27 @@ class GossipNode(Membership):
 
     def set_key(self, key: str, value: Any, now: float) -> None:
         """Set a key in this node's own record and push the change at once."""
-        before = self.own.size
-        self.own.set_local(key, value, now)
-        if self.own.size > self.config.max_node_state:
-            self.own.delete_local(key, now)
+        self.set_keys({key: value}, now)
+
+    def set_keys(self, values: Mapping[str, Any], now: float) -> None:
+        """Set several keys of this node's own record as one change: one push
+        carries them all, where `set_key` pushes each at once. All or nothing:
+        StateTooLarge (nothing written) if the record would pass its limit."""
+        if not values:
+            return
+        grow = 0
+        for key, value in values.items():
+            old = self.own.entries.get(key)
+            grow += len(packb(value)) - (old.size if old is not None else 0)
+        if self.own.size + grow > self.config.max_node_state:
             raise StateTooLarge(
-                f"node state would be {self.own.size - before} bytes over "
-                f"max_node_state={self.config.max_node_state}"
+                f"node state would be {self.own.size + grow - self.config.max_node_state} "
+                f"bytes over max_node_state={self.config.max_node_state}"
             )
-        self._own_changed(now)
+        since = self.own.max_version
+        for key, value in values.items():
+            self.own.set_local(key, value, now)
+        self._own_changed(now, since)
 
     def delete_key(self, key: str, now: float) -> None:
         if self.own.delete_local(key, now):

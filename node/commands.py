@@ -58,8 +58,17 @@ def add_node_parsers(sub: Any) -> None:
     node.add_argument("--drain-timeout", type=float, help="shutdown drain, s (default 10)")
     node.add_argument(
         "--router",
-        choices=["rumor", "p2c", "least_loaded", "random", "round_robin"],
-        help="routing policy (default rumor; the others are baselines for comparisons)",
+        choices=[
+            "rumor",
+            "rumor_prefix",
+            "cache_aware",
+            "p2c",
+            "least_loaded",
+            "random",
+            "round_robin",
+        ],  # node.config.ROUTERS (not imported: it would load trio before --help)
+        help="routing policy (default rumor: rumor_prefix for LLMs; the others are "
+        "baselines for comparisons)",
     )
     node.add_argument("--http-keep-alive", type=float, help="idle HTTP keep-alive, s (default 75)")
     node.add_argument(

@@ -17,7 +17,7 @@ from inference.config import ModelConfig, coerce
 from inference.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-ROUTERS = ("rumor", "p2c", "least_loaded", "random", "round_robin")
+ROUTERS = ("rumor", "rumor_prefix", "cache_aware", "p2c", "least_loaded", "random", "round_robin")
 
 
 #: Descriptors kept free for everything that is not an HTTP connection (gossip
@@ -81,8 +81,10 @@ class NodeConfig:
     #: many requests (saves a network hop). Negative: the model's max batch
     #: size, since requests that fit in one batch add no queueing delay.
     local_margin: float = -1.0
-    #: Routing policy (node.cluster.routing): "rumor", or a baseline for
-    #: comparisons: "p2c", "least_loaded", "random", "round_robin".
+    #: Routing policy (node.cluster.routing): "rumor" (for LLM requests
+    #: "rumor_prefix": prefix-cache affinity against load), or one policy for
+    #: every model: "rumor_prefix", or a baseline for comparisons: "cache_aware"
+    #: (SGLang's rules), "p2c", "least_loaded", "random", "round_robin".
     router: str = "rumor"
     #: Admission control: a model's queue this deep answers "busy" (0: twice its
     #: max batch size); the router then tries another replica.

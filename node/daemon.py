@@ -38,6 +38,7 @@ from .cluster.view import GossipView
 from .config import NodeConfig
 from .events import EventHub, Subscription, event_items
 from .models import LocalModels
+from .prefixes import PrefixPublishers
 from .record import Record, coarse
 from .router import Router
 from .store import SNAPSHOT_EVERY, MemberSnapshots, NodeStore
@@ -80,6 +81,8 @@ class Daemon:
             self._spawn,
         )
         self.router = Router(self.name, config.router, config.local_margin, self.models)
+        #: Summaries of what this node's LLM engines cache (gossiped; node/prefixes.py).
+        self.prefixes = PrefixPublishers()
         self.record = Record(lambda: self.node, self._kick, self.store)
         self.operator = OperatorData(lambda: self.node, self._kick, self.store)
         self.snapshots = MemberSnapshots(self.store, SNAPSHOT_EVERY)
@@ -163,6 +166,7 @@ class Daemon:
             now = trio.current_time()
             if not self.draining:
                 self.place(now)
+            await self.prefixes.poll(self.inference, self.config.interval / 2, now)
             self.record.publish(self.record_values(), now)
             if self.operator.dirty:
                 self.operator.save()
@@ -211,6 +215,8 @@ class Daemon:
         }
         for name, status in sorted(self.inference.models().items()):
             models[name] = status.to_json()
+            if status.llm is not None:
+                models[name].update(self.prefixes.entry_fields(name))
             st = status.llm_stats
             if st is not None:
                 load["queue"] += st.waiting
@@ -238,6 +244,8 @@ class Daemon:
             # This router's per-destination in-flight requests: its own entries
             # of the cluster's per-origin counter map (nobody else writes them).
             "inflight": dict(sorted(self.router.state.inflight.items())),
+            # The prefix summaries' slot keys (px:<model tag>:<slot>).
+            **self.prefixes.record_keys(),
         }
 
     # -- events --------------------------------------------------------------

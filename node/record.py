@@ -1,5 +1,6 @@
 """This node's gossiped record: `http`, `models`, `load`, `device`, `inflight`
-(this router's per-destination in-flight counts) and one `tag:NAME` key per
+(this router's per-destination in-flight counts), the `px:` slot keys of its
+LLMs' prefix summaries (node/cluster/prefix.py) and one `tag:NAME` key per
 user tag. Keys are rewritten only when their value changes, at most once per
 gossip interval (the daemon's publish loop), so an idle node sends nothing.
 """
@@ -35,17 +36,21 @@ class Record:
         self._published: dict[str, Any] = {}
 
     def publish(self, values: dict[str, Any], now: float) -> bool:
-        """Write the keys whose value changed; True if any did."""
+        """Write the keys whose value changed, as one change (one push), and
+        delete the keys published before and absent now (a model's prefix
+        summary after it is unloaded); True if anything changed."""
         node = self._node()
-        changed = False
-        for key, value in values.items():
-            if self._published.get(key) != value:
-                node.set_key(key, value, now)
-                self._published[key] = value
-                changed = True
+        changed = {k: v for k, v in values.items() if self._published.get(k) != v}
+        gone = sorted(k for k in self._published if k not in values)
         if changed:
+            node.set_keys(changed, now)
+            self._published.update(changed)
+        for key in gone:
+            node.delete_key(key, now)
+            del self._published[key]
+        if changed or gone:
             self._kick()
-        return changed
+        return bool(changed or gone)
 
     # -- user tags -------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def add_sim_parser(sub: Any) -> None:
     sim.add_argument("--json", action="store_true", help="print exactly one JSON object")
     sim.add_argument("--plot", metavar="OUT.png", help="write a PNG: informed fraction, bytes")
     sim.set_defaults(func=run_sim_command)
-    rest = sim.add_subparsers(dest="sim_command", metavar="{theory,routing,placement}")
+    rest = sim.add_subparsers(dest="sim_command", metavar="{theory,routing,placement,llm}")
     theory = rest.add_parser("theory", help="measured rounds against the epidemic bounds")
     theory.add_argument("--sizes", default="100,1000", help="cluster sizes (default 100,1000)")
     theory.add_argument("--seeds", type=int, default=3, help="runs per size (default 3)")
@@ -105,6 +105,9 @@ def add_sim_parser(sub: Any) -> None:
     place.add_argument("--seed", type=int, default=1, dest="p_seed")
     place.add_argument("--json", action="store_true", dest="p_json")
     place.set_defaults(func=run_placement_command)
+    from .llm_cli import add_llm_parser
+
+    add_llm_parser(rest)
 
 
 def _fail(message: str) -> int:

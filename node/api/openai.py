@@ -174,15 +174,23 @@ class OpenAI:
             except OpenAIError as e:
                 return error_response(e, trace)
 
+        forwarded = request.headers.get(FORWARDED) == "1"
+        # The prompt's block-hash chain, for prefix-cache affinity (None when the
+        # policy ignores prefixes, or on the hop that serves a forwarded request).
+        prefix = None
+        if not forwarded:
+            prefix = d.router.prefix_request(d.node, req.model, req.chat, req.messages, req.prompt)
         return await self.proxy.route(
             OpenAIAnswers(self.daemon),
             req.model,
             path,
             body,
             trace,
-            request.headers.get(FORWARDED) == "1",
+            forwarded,
             request.headers.get(FINAL) == "1",
             serve_local,
+            prefix=prefix,
+            llm=True,
         )
 
     # -- serving here ------------------------------------------------------------
@@ -205,6 +213,7 @@ class OpenAI:
                 ids = llm.tokenizer.encode(req.prompt)
         except (InvalidInput, ValueError, TypeError) as e:
             raise OpenAIError(400, f"cannot apply the chat template: {e}") from None
+        d.prefixes.served(req.model, ids)  # an engine without KV events: its summary
         params = _sampling(req, len(ids), llm)
         rid = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())

@@ -26,6 +26,7 @@ from ..forward import Forwarder, ForwardError, Upstream
 from .common import BUSY, FINAL, FORWARDED, TRACE
 
 if TYPE_CHECKING:
+    from ..cluster.prefix import PrefixRequest
     from ..daemon import Daemon
 
 log = logging.getLogger("rumor.http")
@@ -67,7 +68,11 @@ class Proxy:
         forwarded: bool,
         final_hop: bool,
         serve_local: ServeLocal,
+        prefix: PrefixRequest | None = None,
+        llm: bool = False,
     ) -> Response:
+        """`prefix`: an LLM request's prompt chain, for prefix-cache affinity;
+        `llm`: route with the LLM policy (node.router.Router.choose)."""
         d = self.daemon
         if forwarded:  # one hop only: serve here or fail
             if not d.models.ready(model):
@@ -80,7 +85,7 @@ class Proxy:
         last: Response | None = None
 
         def choose(exclude: set[str]) -> str | None:
-            return d.router.choose(d.node, model, exclude, trio.current_time())
+            return d.router.choose(d.node, model, exclude, trio.current_time(), prefix, llm=llm)
 
         while (target := tries.next(choose)) is not None:
             if target == d.name:

@@ -18,182 +18,41 @@ is old information?"). So the default policy, `rumor`:
 * suspected or dead members and models that are not ready are never
   candidates: only ready replicas on alive members are offered.
 
+For LLM models the default is `rumor_prefix` (`RumorPrefix`): the same load
+estimate, weighed against the prompt tokens each replica would have to
+prefill, as its gossiped prefix summary says (node/cluster/prefix.py).
+
 The other policies are baselines for side-by-side measurements: `p2c` (power
 of two choices on the stale reports alone), `least_loaded` (the shortest
-reported queue: the one that herds), `random`, `round_robin`.
+reported queue: the one that herds), `random`, `round_robin`, and
+`cache_aware` (SGLang's router's rules, for a central router that knows every
+cache and queue).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from .view import ClusterView, num
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    name: str
-    #: Requests waiting or running there, as its last gossiped report said.
-    queue: float = 0.0
-    #: Age of that report, seconds.
-    age_s: float = 0.0
-    #: Its mean service time per request (its gossiped EWMA); 0 if unknown.
-    service_s: float = 0.0
-    #: Requests every other router has in flight there (as gossiped, each
-    #: router's count drained for its age like a load report).
-    others_inflight: float = 0.0
-    #: Ours, exact.
-    own_inflight: int = 0
-    #: Our sends there since its report.
-    own_sent_since: int = 0
-    local: bool = False
-
-
-def drain(count: float, age_s: float, service_s: float) -> float:
-    """A gossiped count of requests `age_s` old, less those served since at one
-    per `service_s` (unknown service time: as reported)."""
-    if service_s <= 0:
-        return count
-    return max(0.0, count - age_s / service_s)
-
-
-def estimate(c: Candidate) -> float:
-    """Expected requests ahead of a new one at `c`.
-
-    The three views overlap (a request in flight from a router is also in
-    the node's queue once it arrives), so they are not added: the report,
-    drained for its age and topped up with our sends since, is one view;
-    the routers' in-flight counts, ours exact, the other. The larger wins:
-    the report sees work the counts miss, the counts see sends newer than
-    the report.
-    """
-    drained = drain(c.queue, c.age_s, c.service_s)
-    return max(drained + c.own_sent_since, c.others_inflight + c.own_inflight)
-
-
-@dataclass
-class RouterState:
-    """One router's own bookkeeping: exact, never gossiped except `inflight`."""
-
-    #: Our requests in flight, per destination (gossiped in our record).
-    inflight: dict[str, int] = field(default_factory=dict)
-    #: When we sent to each destination, since the last report we saw from it.
-    sends: dict[str, deque[float]] = field(default_factory=dict)
-    rr: int = 0
-
-    def note_sent(self, dest: str, now: float) -> None:
-        self.inflight[dest] = self.inflight.get(dest, 0) + 1
-        self.sends.setdefault(dest, deque()).append(now)
-
-    def note_done(self, dest: str) -> None:
-        left = self.inflight.get(dest, 0) - 1
-        if left > 0:
-            self.inflight[dest] = left
-        else:
-            self.inflight.pop(dest, None)
-
-    def sends_since(self, dest: str, report_at: float) -> int:
-        """Our sends to `dest` after its report (earlier ones it has counted)."""
-        q = self.sends.get(dest)
-        if not q:
-            return 0
-        while q and q[0] <= report_at:
-            q.popleft()
-        return len(q)
-
-
-class CandidateBuilder:
-    """Builds (once each) the candidate for a name, from a view and our state:
-    a policy that samples builds only the candidates it samples. Our own
-    replica, given `local_queue`, is judged on its exact local queue."""
-
-    def __init__(
-        self,
-        view: ClusterView,
-        state: RouterState,
-        me: str,
-        now: float,
-        local_queue: float | None = None,
-    ) -> None:
-        self.view, self.state, self.me, self.now = view, state, me, now
-        self.local_queue = local_queue
-        self._built: dict[str, Candidate] = {}
-
-    def __call__(self, name: str) -> Candidate:
-        c = self._built.get(name)
-        if c is None:
-            c = self._built[name] = self._build(name)
-        return c
-
-    def queue(self, name: str) -> float:
-        """Only the reported queue (what the baselines look at): cheap."""
-        if name == self.me and self.local_queue is not None:
-            return self.local_queue
-        r = self.view.report(name)
-        return r.queue if r is not None else 0.0
-
-    def _build(self, name: str) -> Candidate:
-        if name == self.me and self.local_queue is not None:
-            return Candidate(name, queue=self.local_queue, local=True)
-        r = self.view.report(name)
-        if r is None:
-            return Candidate(name, own_inflight=self.state.inflight.get(name, 0))
-        return Candidate(
-            name,
-            queue=r.queue,
-            age_s=max(0.0, self.now - r.at),
-            service_s=r.service_s,
-            others_inflight=others_inflight(self.view, self.me, name, r.service_s, self.now),
-            own_inflight=self.state.inflight.get(name, 0),
-            own_sent_since=self.state.sends_since(name, r.at),
-        )
-
-
-def others_inflight(view: ClusterView, me: str, dest: str, service_s: float, now: float) -> float:
-    """What every other router has in flight at `dest`, from their gossiped
-    counts, each drained for its age like a load report."""
-    total = 0.0
-    for router, counts, at in view.inflight_reports():
-        if router != me:
-            n = num(counts.get(dest))
-            if n:
-                total += drain(n, now - at, service_s)
-    return total
-
-
-# -- policies ---------------------------------------------------------------------
-
-
-class Builder(Protocol):
-    """Candidates on demand: the whole candidate, or only its reported queue."""
-
-    def __call__(self, name: str) -> Candidate: ...
-
-    def queue(self, name: str) -> float: ...
-
-
-class Given:
-    """A Builder over candidates already built (tests, tools)."""
-
-    def __init__(self, cands: Sequence[Candidate]) -> None:
-        self.by_name = {c.name: c for c in cands}
-
-    def __call__(self, name: str) -> Candidate:
-        return self.by_name[name]
-
-    def queue(self, name: str) -> float:
-        return self.by_name[name].queue
+from .candidates import Builder as Builder
+from .candidates import Candidate as Candidate
+from .candidates import CandidateBuilder as CandidateBuilder
+from .candidates import Given as Given
+from .candidates import RouterState as RouterState
+from .candidates import drain as drain
+from .candidates import estimate as estimate
+from .candidates import others_inflight as others_inflight
 
 
 class Policy(Protocol):
     """Choose one of `names` (never empty); `cand` builds a name's candidate
     on demand, so a policy that samples builds only what it samples."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def choose(
         self,
@@ -224,11 +83,24 @@ class Rumor:
         local_margin: float = 1.0,
     ) -> str:
         sample = rng.sample(list(names), min(self.d, len(names)))
-        scored = [(estimate(cand(n)), rng.random(), n) for n in sample]
-        best_est, _, best = min(scored)
-        if local is None or local not in names:
-            return best
-        return local if estimate(cand(local)) <= best_est + local_margin else best
+        return best_of(sample, cand, rng, names, local, local_margin)
+
+
+def best_of(
+    sample: Sequence[str],
+    cand: Builder,
+    rng: random.Random,
+    names: Sequence[str],
+    local: str | None,
+    local_margin: float,
+) -> str:
+    """The sampled name with the lowest `estimate` (random ties), or the local
+    replica if it is within `local_margin` of it."""
+    scored = [(estimate(cand(n)), rng.random(), n) for n in sample]
+    best_est, _, best = min(scored)
+    if local is None or local not in names:
+        return best
+    return local if estimate(cand(local)) <= best_est + local_margin else best
 
 
 @dataclass(frozen=True)
@@ -303,8 +175,139 @@ class RoundRobin:
         return names[state.rr % len(names)]
 
 
+@dataclass(frozen=True)
+class RumorPrefix:
+    """Prefix-cache affinity against load, for LLM requests; pure and sampled.
+
+    Cost of a replica, in prefill tokens (Dynamo's KV router minimises the
+    same form, `prefill_load_scale * uncached_blocks + decode_blocks`):
+
+        uncached prompt tokens there + w * estimate(replica)
+
+    where `estimate` is `rumor`'s load (requests ahead, from drained reports,
+    every router's gossiped in-flight counts and our own sends) and `w` is
+    what one request queued ahead costs: an EWMA of the prompt tokens the
+    requests this router sent had to prefill (at least `min_request_tokens`).
+
+    Which replicas are scored (never all: on stale information "the best"
+    herds every router onto one node, Mitzenmacher): `d` sampled at random,
+    as `rumor` does; those holding more than the prefix that more than `d`
+    replicas share (an agent session's history, as far as gossip has told
+    us); and, once some prefix is that widely shared (a system prompt), the
+    request's *home pair*: the `d` replicas (of all) that rank highest for
+    the first block past it (rendezvous hashing on the request's own content,
+    the same for every step of a session). The first of the pair, the home,
+    costs `home_bias` requests less. So every router sends one session's
+    steps to its home, however stale its view, unless gossip shows the
+    history elsewhere or the home is loaded, and sessions spread over all
+    replicas, a cold one (restarted, or new) included; with views 5 s old the
+    hit rate is that of fresh ones in `rumor sim llm` (docs/benchmarks.md).
+
+    Imbalance guard (SGLang's rule, on the scored ones): if the cheapest
+    replica's load exceeds the least loaded one's by more than `balance_abs`
+    requests and `balance_rel` times, take the least loaded instead, so a hot
+    prefix cannot pile onto one node however much it saves.
+
+    The local replica saves a hop, but a hop is cheap next to a prefill: it
+    is kept only if it was scored and costs at most `local_margin` requests
+    more. Without any match anywhere this is exactly `rumor`.
+    """
+
+    d: int = 2
+    #: Score the home pair (False: only the sample and the deeper holders; the
+    #: ablation `rumor sim llm` runs as rumor_prefix_no_home).
+    home: bool = True
+    home_bias: float = 4.0
+    balance_abs: float = 8.0
+    balance_rel: float = 1.5
+    min_request_tokens: float = 64.0
+    name: str = "rumor_prefix"
+
+    def choose(
+        self,
+        names: Sequence[str],
+        cand: Builder,
+        rng: random.Random,
+        state: RouterState,
+        local: str | None = None,
+        local_margin: float = 1.0,
+    ) -> str:
+        names = list(names)
+        sample = rng.sample(names, min(self.d, len(names)))
+        ranked = sorted((cand(n).cached_tokens for n in names), reverse=True)
+        if ranked[0] <= 0:
+            choice = best_of(sample, cand, rng, names, local, local_margin)
+            state.note_uncached(cand(choice).uncached_tokens)
+            return choice
+        shared = ranked[self.d] if len(ranked) > self.d else 0
+        deep = [n for n in names if cand(n).cached_tokens > shared]
+        pool = sample + deep
+        key = cand.affinity(shared) if shared > 0 and self.home else None
+        home = None
+        if key is not None:
+            pair = sorted(names, key=lambda n: rendezvous(key, n))[: self.d]
+            home = pair[0]
+            pool += pair
+        pool = list(dict.fromkeys(pool))
+        w = max(self.min_request_tokens, state.uncached_ewma)
+        load = {n: estimate(cand(n)) for n in pool}
+        cost = {n: cand(n).uncached_tokens + w * load[n] for n in pool}
+        if home is not None:
+            cost[home] -= w * self.home_bias
+        _, _, choice = min((cost[n], rng.random(), n) for n in pool)
+        least = min(load.values())
+        if load[choice] - least > self.balance_abs and load[choice] > self.balance_rel * least:
+            choice = min((load[n], rng.random(), n) for n in pool)[2]
+        if local in cost and local != choice and cost[local] <= cost[choice] + w * local_margin:
+            choice = local
+        state.note_uncached(cand(choice).uncached_tokens)
+        return choice
+
+
+def rendezvous(key: int, name: str) -> bytes:
+    """Highest-random-weight order of `name` for `key` (the same on every router)."""
+    return hashlib.blake2b(key.to_bytes(8, "little") + name.encode(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class CacheAware:
+    """SGLang's router (`sgl-router` cache_aware policy) over whatever the view
+    says: if the loads are imbalanced (max - min > `balance_abs` and max >
+    `balance_rel` * min), the least loaded; else, if some replica holds more
+    than `cache_threshold` of the prompt, the longest match (ties: the least
+    loaded); else the replica with the smallest cache. With a fresh view of
+    every cache and queue this is the central, omniscient baseline
+    (`central_cache_aware` in `rumor sim llm`)."""
+
+    balance_abs: float = 64.0
+    balance_rel: float = 1.5
+    cache_threshold: float = 0.3
+    name: str = "cache_aware"
+
+    def choose(
+        self,
+        names: Sequence[str],
+        cand: Builder,
+        rng: random.Random,
+        state: RouterState,
+        local: str | None = None,
+        local_margin: float = 1.0,
+    ) -> str:
+        cands = [cand(n) for n in names]
+        load = {c.name: estimate(c) for c in cands}
+        hi, lo = max(load.values()), min(load.values())
+        if hi - lo > self.balance_abs and hi > self.balance_rel * lo:
+            return min((load[n], rng.random(), n) for n in names)[2]
+        best = max(cands, key=lambda c: c.cached_tokens)
+        if best.prompt_tokens and best.cached_tokens > self.cache_threshold * best.prompt_tokens:
+            top = [c for c in cands if c.cached_tokens == best.cached_tokens]
+            return min((load[c.name], rng.random(), c.name) for c in top)[2]
+        return min((c.cache_blocks, rng.random(), c.name) for c in cands)[2]
+
+
 POLICIES: dict[str, Policy] = {
-    p.name: p for p in (Rumor(), P2C(), LeastLoaded(), Random(), RoundRobin())
+    p.name: p
+    for p in (Rumor(), P2C(), LeastLoaded(), Random(), RoundRobin(), RumorPrefix(), CacheAware())
 }
 
 

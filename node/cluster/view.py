@@ -16,6 +16,8 @@ from typing import Any, Protocol
 from gossip.core import GossipNode
 from gossip.wire import Status
 
+from .prefix import Scheme, Summary, SummaryCache, scheme_of
+
 
 @dataclass(frozen=True, slots=True)
 class LoadReport:
@@ -59,11 +61,15 @@ class GossipView:
     """A `ClusterView` over a gossip node's members and records.
 
     Records hold `models` ({model: {"state": ...}}), `load` ({"queue",
-    "in_flight", "throughput", ...}) and `inflight` ({destination: count}).
+    "in_flight", "throughput", ...}), `inflight` ({destination: count}) and,
+    for an LLM, its prefix summary (node/cluster/prefix.py: a `prefix` header
+    in the model's entry and `px:` slot keys), decoded through `summaries`
+    (kept by the caller, so a slot is decoded once per change).
     """
 
-    def __init__(self, node: GossipNode) -> None:
+    def __init__(self, node: GossipNode, summaries: SummaryCache | None = None) -> None:
         self.node = node
+        self.summaries = summaries if summaries is not None else SummaryCache()
 
     def alive(self) -> list[str]:
         return sorted(n for n, m in self.node.members.items() if m.status == Status.ALIVE)
@@ -98,6 +104,18 @@ class GossipView:
             counts = rec.get("inflight") if rec is not None else None
             if rec is not None and isinstance(counts, dict):
                 yield name, counts, rec.updated_at
+
+    def prefix_summary(self, name: str, model: str) -> tuple[Scheme, Summary] | None:
+        """`name`'s prefix summary of `model` and how its blocks are hashed, or None."""
+        rec = self.node.record(name)
+        entry = model_info(rec, model)
+        if rec is None or entry is None:
+            return None
+        header, scheme = entry.get("prefix"), scheme_of(entry)
+        if not isinstance(header, dict) or scheme is None:
+            return None
+        summary = self.summaries.summary(name, header, rec.get)
+        return (scheme, summary) if summary is not None else None
 
     def devices(self) -> dict[str, Any]:
         """Alive members' gossiped `device` entries (for placement)."""

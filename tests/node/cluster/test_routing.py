@@ -4,11 +4,13 @@ and the proof that both make the same choice from the same view."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
 from gossip.core import GossipNode
 from gossip.wire import KeyUpdate, NodeDelta
+from node.cluster.prefix import PrefixRequest
 from node.cluster.routing import (
     POLICIES,
     Candidate,
@@ -64,7 +66,9 @@ def test_sends_since_a_report_count_only_sends_after_it() -> None:
 
 
 def test_unknown_policy_is_refused() -> None:
-    assert set(POLICIES) == {"rumor", "p2c", "least_loaded", "random", "round_robin"}
+    assert set(POLICIES) == {
+        "rumor", "p2c", "least_loaded", "random", "round_robin", "rumor_prefix", "cache_aware",
+    }  # fmt: skip
     with pytest.raises(ValueError, match="unknown router policy"):
         policy("fastest")
 
@@ -113,7 +117,9 @@ def _views(seed: int) -> tuple[GossipView, _View, float]:
     return GossipView(me), _View(sim, fresh=False), now
 
 
-@pytest.mark.parametrize("name", ["rumor", "p2c", "least_loaded", "random", "round_robin"])
+@pytest.mark.parametrize(
+    "name", ["rumor", "p2c", "least_loaded", "random", "round_robin", "rumor_prefix"]
+)
 def test_the_daemon_and_the_simulator_choose_the_same_replica(name: str) -> None:
     p = policy(name)
     for seed in range(60):
@@ -141,3 +147,161 @@ def test_targets_at_load_0_9() -> None:
     assert ours.rejected == 0
     assert ours.mean_s <= 1.2 * simulate("p2c_fresh", **kw).mean_s
     assert ours.mean_s <= 0.5 * simulate("random", **kw).mean_s
+
+
+# ---------------------------------------------------------------- prefix-cache affinity
+
+
+def _llm(name: str, queue: float, cached: int, prompt: int = 10_000, **kw: float) -> Candidate:
+    return Candidate(name, queue=queue, prompt_tokens=prompt, cached_tokens=cached, **kw)  # type: ignore[arg-type]
+
+
+def test_rumor_prefix_goes_where_the_prefix_is() -> None:
+    p, state = policy("rumor_prefix"), RouterState()
+    cands = [_llm(str(i), queue=1, cached=0) for i in range(8)] + [_llm("x", 2, cached=9_000)]
+    names, by = _cands(*cands)
+    picks = {p.choose(names, by, random.Random(s), state) for s in range(50)}
+    assert picks == {"x"}  # the only holder is always scored, whatever is sampled
+    assert state.uncached_ewma == pytest.approx(1_000)
+
+
+def test_rumor_prefix_spreads_a_prefix_that_many_hold() -> None:
+    """Every replica holds the system prompt: routers must not all pick one."""
+    p, state = policy("rumor_prefix"), RouterState()
+    names, by = _cands(*[_llm(str(i), queue=0, cached=3_000) for i in range(8)])
+    picks = [p.choose(names, by, random.Random(s), state) for s in range(200)]
+    assert len(set(picks)) == 8
+
+
+class _Keyed(Given):
+    """Candidates of a request whose content past the shared prefix has `key`."""
+
+    def __init__(self, cands: list[Candidate], key: int) -> None:
+        super().__init__(cands)
+        self.key = key
+
+    def affinity(self, tokens: int) -> int | None:
+        return self.key
+
+
+def test_rumor_prefix_sends_a_session_home_whatever_each_router_sees() -> None:
+    """Every replica holds the system prompt and nobody has heard yet where the
+    session's history went: routers with different (stale) loads still agree
+    on its home, and different sessions have different homes."""
+    p = policy("rumor_prefix")
+    homes = set()
+    for session in range(40):
+        picks = set()
+        for router in range(10):
+            rng = random.Random(f"{session}/{router}")
+            cands = [_llm(str(i), queue=rng.randrange(3), cached=3_000) for i in range(8)]
+            picks.add(p.choose([c.name for c in cands], _Keyed(cands, session), rng, RouterState()))
+        assert len(picks) == 1, picks
+        homes |= picks
+    assert len(homes) == 8
+    # A loaded home is left for the rest of its pair or a sampled replica.
+    cands = [_llm(str(i), queue=0, cached=3_000) for i in range(8)]
+    home = p.choose([c.name for c in cands], _Keyed(cands, 7), random.Random(1), RouterState())
+    cands = [_llm(c.name, queue=20 if c.name == home else 0, cached=3_000) for c in cands]
+    names = [c.name for c in cands]
+    assert p.choose(names, _Keyed(cands, 7), random.Random(1), RouterState()) != home
+
+
+def test_rumor_prefix_guard_keeps_a_hot_prefix_from_piling_up() -> None:
+    p, state = policy("rumor_prefix"), RouterState()
+    state.uncached_ewma = 10.0  # requests ahead look cheap: cost alone would pile on
+    hot = _llm("hot", queue=30, cached=9_900)
+    names, by = _cands(hot, *[_llm(str(i), queue=2, cached=0) for i in range(4)])
+    assert all(p.choose(names, by, random.Random(s), state) != "hot" for s in range(50))
+    # Within the margin the prefix wins.
+    warm = _llm("warm", queue=6, cached=9_900)
+    names, by = _cands(warm, *[_llm(str(i), queue=2, cached=0) for i in range(4)])
+    assert all(p.choose(names, by, random.Random(s), RouterState()) == "warm" for s in range(50))
+
+
+def test_rumor_prefix_without_any_match_draws_exactly_as_rumor() -> None:
+    cands = [Candidate(str(i), queue=i % 3, prompt_tokens=500) for i in range(8)]
+    names, by = _cands(*cands)
+    for s in range(50):
+        a = policy("rumor_prefix").choose(names, by, random.Random(s), RouterState(), "3", 1.0)
+        b = policy("rumor").choose(names, by, random.Random(s), RouterState(), "3", 1.0)
+        assert a == b
+
+
+def test_rumor_prefix_keeps_the_local_replica_only_if_it_holds_as_much() -> None:
+    p = policy("rumor_prefix")
+    me_cold = _llm("me", queue=0, cached=0, local=True)
+    names, by = _cands(me_cold, _llm("x", queue=1, cached=9_000))
+    assert p.choose(names, by, random.Random(1), RouterState(), "me", 1.0) == "x"
+    me_warm = _llm("me", queue=1, cached=9_000, local=True)
+    names, by = _cands(me_warm, _llm("x", queue=0, cached=9_000))
+    assert p.choose(names, by, random.Random(1), RouterState(), "me", 1.0) == "me"
+
+
+def test_cache_aware_follows_sglang_rules() -> None:
+    p, state = policy("cache_aware"), RouterState()
+    # Balanced: the longest match above 30 % of the prompt.
+    names, by = _cands(_llm("a", 5, 4_000), _llm("b", 0, 1_000))
+    assert p.choose(names, by, random.Random(1), state) == "a"
+    # No match above the threshold: the smallest cache.
+    names, by = _cands(_llm("a", 0, 100, cache_blocks=900), _llm("b", 0, 200, cache_blocks=10))
+    assert p.choose(names, by, random.Random(1), state) == "b"
+    # Imbalanced (max - min > 64 and max > 1.5 min): the shortest queue.
+    names, by = _cands(_llm("a", 100, 9_000), _llm("b", 10, 0))
+    assert p.choose(names, by, random.Random(1), state) == "b"
+
+
+def _prefix_views(seed: int) -> tuple[GossipView, Any, PrefixRequest, float]:
+    """One cluster's queues, in-flight counts and prefix summaries, as a daemon's
+    gossip view and as `rumor sim llm`'s view."""
+    from node.cluster.prefix import SummaryPublisher
+    from sim.llm import MODEL, SCHEME, _Published, _Sim, _StaleView
+
+    rng = random.Random(seed)
+    n, now = 8, 100.0
+    system = [rng.getrandbits(64) for _ in range(40)]
+    chain = system + [rng.getrandbits(64) for _ in range(200)]
+    request = PrefixRequest(MODEL, len(chain) * 16, {SCHEME: chain})
+    sim = _Sim(n, None, [])
+    sim.now = now
+    me = GossipNode("me", ("127.0.0.1", 1), rng=random.Random(0), now=0.0, generation=1)
+    for i in range(n):
+        pub = SummaryPublisher(MODEL, kv_blocks=4096)
+        held = rng.choice([0, 20, 40, 90, 150, 240])
+        pub.stored(chain[:held] + [rng.getrandbits(64) for _ in range(rng.randrange(3000))])
+        pub.changes()
+        queue, at = rng.randrange(0, 12), now - rng.uniform(0, 2)
+        inflight = {str(j): rng.randrange(0, 4) for j in rng.sample(range(n), 3)}
+        entry = {
+            "state": "ready", "kind": "llm", "block_size": SCHEME[0], "hash": SCHEME[1],
+            "hash_salt": SCHEME[2], "prefix": pub.header(),
+        }  # fmt: skip
+        ups = [
+            KeyUpdate("models", 1, {MODEL: entry}),
+            KeyUpdate("load", 2, {"queue": queue, "in_flight": 0, "throughput": 0.0}),
+            KeyUpdate("inflight", 3, inflight),
+        ]
+        ups += [KeyUpdate(k, 4 + j, v) for j, (k, v) in enumerate(pub.published().items())]
+        me.warm_start([NodeDelta(str(i), 1, ("127.0.0.1", 100 + i), 0, tuple(ups), True)], at)
+        sim.node_pubs[i].add(_Published(at, [at] * n, queue, pub.snapshot()), now, -1e9)
+        sim.router_pubs[i].add(_Published(at, [at] * n, inflight=inflight), now, -1e9)
+    return GossipView(me), _StaleView(sim, 0), request, now
+
+
+@pytest.mark.parametrize("name", ["rumor_prefix", "cache_aware"])
+def test_the_daemon_and_the_simulator_route_on_prefixes_alike(name: str) -> None:
+    from sim.llm import MODEL
+
+    p = policy(name)
+    for seed in range(40):
+        gossip_view, sim_view, request, now = _prefix_views(seed)
+        names = gossip_view.ready_replicas(MODEL)
+        assert names == sim_view.ready_replicas(MODEL)
+        state_a, state_b = RouterState(), RouterState()
+        a_cands = CandidateBuilder(gossip_view, state_a, "me", now, None, request, gossip_view)
+        b_cands = CandidateBuilder(sim_view, state_b, "me", now, None, request, sim_view)
+        assert [a_cands(x) for x in names] == [b_cands(x) for x in names]
+        assert any(a_cands(x).cached_tokens for x in names)
+        a = p.choose(names, a_cands, random.Random(seed), state_a)
+        b = p.choose(names, b_cands, random.Random(seed), state_b)
+        assert a == b, seed
