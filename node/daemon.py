@@ -215,8 +215,8 @@ class Daemon:
         }
         for name, status in sorted(self.inference.models().items()):
             models[name] = status.to_json()
-            if status.llm is not None:
-                models[name].update(self.prefixes.entry_fields(name))
+            # The prefix summary of a built-in or fronted engine ({} if none).
+            models[name].update(self.prefixes.entry_fields(name))
             st = status.llm_stats
             if st is not None:
                 load["queue"] += st.waiting
