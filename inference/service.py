@@ -85,15 +85,17 @@ class ModelStatus:
             out["max_batch"] = self.config.max_num_seqs
             out.update(self._load_fields())
         elif self.remote is not None:
-            info = self.remote.info
+            engine = self.remote.info
             out["kind"] = "llm"
-            out["engine"] = info.kind
-            out["block_size"] = info.block_size
-            out["hash"] = info.hash_name
-            out["hash_salt"] = info.hash_salt
-            out["prefix"] = info.prefix
-            if info.max_model_len:
-                out["max_model_len"] = info.max_model_len
+            out["engine"] = engine.kind
+            out["block_size"] = engine.block_size
+            out["hash"] = engine.hash_name
+            out["hash_salt"] = engine.hash_salt
+            # How far its KV events can be trusted ("exact", "partial: why"...);
+            # `prefix` is the gossiped summary's header (node/prefixes.py).
+            out["prefix_state"] = engine.prefix
+            if engine.max_model_len:
+                out["max_model_len"] = engine.max_model_len
             out.update(self._load_fields())
         elif self.is_llm:
             out["kind"] = "llm"

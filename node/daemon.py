@@ -215,8 +215,8 @@ class Daemon:
         }
         for name, status in sorted(self.inference.models().items()):
             models[name] = status.to_json()
-            if status.llm is not None:
-                models[name].update(self.prefixes.entry_fields(name))
+            # The prefix summary of a built-in or fronted engine ({} if none).
+            models[name].update(self.prefixes.entry_fields(name))
             st = status.llm_stats
             if st is not None:
                 load["queue"] += st.waiting
@@ -306,6 +306,28 @@ class Daemon:
             "members": members,
             "placement": self.placement_view(),
         }
+
+    def prefix_view(self, model: str) -> dict[str, Any]:
+        """Each member's gossiped prefix summary of `model` as this node's
+        router decodes it (GET /v1/cluster/prefix/{model}; for tests and
+        operators: which blocks the routers here believe each replica holds)."""
+        view = GossipView(self.node, self.router.summaries)
+        members = {}
+        for name in sorted(self.node.members):
+            found = view.prefix_summary(name, model)
+            if found is None:
+                continue
+            (block_size, hash_name, salt), summary = found
+            members[name] = {
+                "block_size": block_size,
+                "hash": hash_name,
+                "hash_salt": salt,
+                "level": summary.level,
+                "blocks": summary.blocks,
+                "exact": summary.exact,
+                "fingerprints": sorted(summary.fps),
+            }
+        return {"self": self.name, "model": model, "members": members}
 
     def ready_replicas(self, model: str) -> list[str]:
         """Alive members where `model` is ready, as gossip says."""

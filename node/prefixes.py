@@ -5,8 +5,11 @@
   events (`kv_events_since`) into a SummaryPublisher, and publishes the
   summary's changes at most every SUMMARY_EVERY; a new engine (a reload, a
   restart) starts from its cache snapshot, and its fresh, empty summary is
-  published at once. An engine without KV events is summarised
-  from the prompts this node served (approximate).
+  published at once. A built-in engine without KV events is summarised
+  from the prompts this node served (approximate). An engine the node fronts
+  (vLLM, SGLang: inference/remote) is followed the same way when its KV
+  events are configured and its blocks translate to rumor's hashes
+  (`info.hash_name`); without them it publishes no summary.
 * `PromptHasher`: a request's block-hash chain, as the replicas' engines
   would compute it, for the router. Tokenized with the model's tokenizer: a
   local engine's, or the built-in one when the gossiped tokenizer fingerprint
@@ -21,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -38,9 +41,9 @@ from .cluster.view import model_info
 
 if TYPE_CHECKING:
     from gossip.core import GossipNode
-    from inference.llm.client import LLMClient
+    from inference.llm.client import KVEvents
     from inference.llm.tokenizer import LLMTokenizer
-    from inference.service import InferenceService
+    from inference.service import InferenceService, ModelStatus
 
 log = logging.getLogger("rumor.node")
 
@@ -52,17 +55,40 @@ CHAR_SCHEME_NAME = "chars64-blake2b"
 ROUTED_BLOCKS = 8_192
 
 
+class BlockHashing(Protocol):
+    """How an engine's blocks are hashed (ModelInfo, RemoteEngineInfo)."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def hash_salt(self) -> str: ...
+
+
+class KVFeed(Protocol):
+    """An engine whose prefix-cache changes can be followed: the built-in
+    engine's LLMClient, or a fronted engine's RemoteEngine (which re-hashes
+    the engine's KV events into rumor's chain hashes)."""
+
+    @property
+    def info(self) -> BlockHashing: ...
+
+    async def kv_events_since(self, cursor: int) -> KVEvents: ...
+
+    async def cached_block_hashes(self) -> list[int]: ...
+
+
 class _Followed:
     """One local LLM engine and the summary of its cache."""
 
-    def __init__(self, model: str, llm: LLMClient, kv_blocks: int) -> None:
-        self.llm = llm
+    def __init__(self, model: str, engine: KVFeed, kv_blocks: int, tokenizer: str | None) -> None:
+        self.engine = engine
         self.cursor = 0
         self.synced = False
         self.events = True  # False: the engine has no KV events; summarise what we served
         self.summary = SummaryPublisher(model, kv_blocks=kv_blocks)
         self.served = ServedPrefixes(self.summary, kv_blocks or ROUTED_BLOCKS)
-        self.tokenizer = llm.tokenizer.fingerprint()
+        self.tokenizer = tokenizer
         self.published_at = -SUMMARY_EVERY  # a new engine's summary goes out at once
         self.header: dict[str, Any] = self.summary.header()
         self.keys: dict[str, bytes] = {}
@@ -88,11 +114,12 @@ class PrefixPublishers:
         for publishing."""
         live = {}
         for name, status in inference.models().items():
-            if status.llm is None:
+            engine = _kv_feed(status)
+            if engine is None:
                 continue
             f = self._models.get(name)
-            if f is None or f.llm is not status.llm:
-                f = _Followed(name, status.llm, status.llm.info.kv_blocks_total)
+            if f is None or f.engine is not engine:
+                f = _new_follower(name, status, engine)
             live[name] = f
         self._models = live
         with trio.move_on_after(timeout):
@@ -107,10 +134,10 @@ class PrefixPublishers:
         if not f.events:
             return
         try:
-            ev = await f.llm.kv_events_since(f.cursor)
+            ev = await f.engine.kv_events_since(f.cursor)
             if not f.synced or not ev.complete:
-                snapshot = await f.llm.cached_block_hashes()
-                after = await f.llm.kv_events_since(ev.cursor)
+                snapshot = await f.engine.cached_block_hashes()
+                after = await f.engine.kv_events_since(ev.cursor)
                 f.summary.reset(snapshot)
                 ev = after
                 f.synced = True
@@ -134,7 +161,7 @@ class PrefixPublishers:
             return
         from inference.llm.prefix import block_hashes
 
-        info = f.llm.info
+        info = f.engine.info
         f.served.served(block_hashes(token_ids, info.block_size, info.hash_salt))
 
     def entry_fields(self, model: str) -> dict[str, Any]:
@@ -168,6 +195,8 @@ class PromptHasher:
         status = self.inference.status(model)
         if status is not None and status.llm is not None:
             return status.llm.tokenizer
+        if status is not None and status.remote is not None and status.remote.tokenizer:
+            return status.remote.tokenizer  # the `tokenizer=` option: the engine's own
         if not isinstance(fingerprint, str):
             return None
         if self._builtin is None:
@@ -245,6 +274,30 @@ class FallbackView:
 
     def prefix_summary(self, name: str, model: str) -> tuple[Scheme, Summary] | None:
         return self.hasher.routed_summary(name, model)
+
+
+def _kv_feed(status: ModelStatus) -> KVFeed | None:
+    """The model's engine if its cache can be followed here: the built-in
+    engine, or a fronted one with KV events whose blocks rumor can re-hash."""
+    if status.llm is not None:
+        return status.llm
+    remote = status.remote
+    if remote is not None and remote.prefix_state is not None and remote.info.hash_name:
+        return remote
+    return None
+
+
+def _new_follower(name: str, status: ModelStatus, engine: KVFeed) -> _Followed:
+    if status.llm is not None:
+        return _Followed(
+            name, engine, status.llm.info.kv_blocks_total, status.llm.tokenizer.fingerprint()
+        )
+    assert status.remote is not None
+    # A fronted engine's pool size is known once /metrics was scraped; 0
+    # (unknown) only means the summary tracks every sampled hash it is told.
+    kv_blocks = status.llm_stats.kv_blocks_total if status.llm_stats is not None else 0
+    tok = status.remote.tokenizer
+    return _Followed(name, engine, kv_blocks, tok.fingerprint() if tok is not None else None)
 
 
 def char_scheme(model: str) -> Scheme:

@@ -1,4 +1,5 @@
-"""Looking at a node: the cluster view (`/v1/cluster`), the event stream
+"""Looking at a node: the cluster view (`/v1/cluster`), the prefix summaries
+its routers read (`/v1/cluster/prefix/{model}`), the event stream
 (`/v1/events`) and Prometheus metrics (`/metrics`)."""
 
 from __future__ import annotations
@@ -128,12 +129,16 @@ class Observe:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/cluster", self.cluster),
+            Route("/v1/cluster/prefix/{model}", self.prefix),
             Route("/v1/events", self.events),
             Route("/metrics", self.metrics),
         ]
 
     async def cluster(self, request: Request) -> Response:
         return JSONResponse(self.daemon.cluster_view())
+
+    async def prefix(self, request: Request) -> Response:
+        return JSONResponse(self.daemon.prefix_view(request.path_params["model"]))
 
     async def events(self, request: Request) -> Response:
         try:

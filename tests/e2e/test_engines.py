@@ -1,5 +1,6 @@
 """Daemons beside engines they do not run (issue #16): two daemons front two
-fake vLLM servers, a third holds nothing and routes to them."""
+fake vLLM servers, a third holds nothing and routes to them. The engines' KV
+events reach every node's gossiped prefix state."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from inference.llm.prefix import HASH_NAME, block_hashes
+from node.cluster.prefix import SUMMARY_EVERY, PrefixRequest, Summary
+from node.config import NodeConfig
 from node.localcluster import ROOT, LocalCluster, read_line
 
 MODEL = "m"
@@ -154,3 +158,89 @@ def test_garbage_metrics_and_a_hung_stream_do_not_hurt_the_daemon(
     for n in ("e0", "e1", "r"):
         assert c.nodes[n].running()
         assert httpx.get(c.url(n, "/v2/health/live"), timeout=5).status_code == 200
+
+
+#: The fake engine's tokens are the prompt's UTF-8 bytes; 16-token blocks.
+BLOCK = 16
+#: From a block cached at the engine to its block in every node's gossiped
+#: summary: the subscriber applies it at once, the daemon polls the feed every
+#: publish interval and publishes the summary at most every SUMMARY_EVERY,
+#: then one gossip interval spreads it. With 3x headroom.
+SPREAD_S = 3 * (SUMMARY_EVERY + 2 * NodeConfig.interval)
+
+
+def _complete(c: LocalCluster, node: str, prompt: str) -> str:
+    """A completion entering at `node`; returns the node that served it."""
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 2}
+    r = httpx.post(c.url(node, "/v1/completions"), json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return str(r.headers["x-rumor-served-by"])
+
+
+def _held_tokens(c: LocalCluster, observer: str, holder: str, prompt: str) -> int:
+    """The prompt's tokens `observer`'s routers believe `holder`'s engine holds:
+    the request's chain, hashed as a router with the engine's tokenizer hashes
+    it, matched against `holder`'s summary as gossiped to `observer`."""
+    view = httpx.get(c.url(observer, f"/v1/cluster/prefix/{MODEL}"), timeout=5).json()
+    found = view["members"].get(holder)
+    if found is None:
+        return 0
+    scheme = (found["block_size"], found["hash"], found["hash_salt"])
+    assert scheme == (BLOCK, HASH_NAME, MODEL)  # the salt is the model's rumor name
+    summary = Summary(found["level"], frozenset(found["fingerprints"]), found["blocks"])
+    ids = list(prompt.encode())
+    req = PrefixRequest(MODEL, len(ids), {scheme: block_hashes(ids, BLOCK, MODEL)})
+    return req.matched_tokens(scheme, summary)
+
+
+def _spread(c: LocalCluster, holder: str, prompt: str) -> float:
+    """Seconds until every node sees all the prompt's full blocks at `holder`."""
+    full = len(prompt.encode()) // BLOCK * BLOCK
+    return c.wait_for(
+        lambda: all(_held_tokens(c, n, holder, prompt) == full for n in ("e0", "e1", "r")),
+        SPREAD_S,
+        f"the prompt's {full // BLOCK} blocks in {holder}'s summary at every node",
+    )
+
+
+def test_kv_events_of_a_fronted_engine_reach_every_nodes_prefix_state(
+    fleet: tuple[LocalCluster, list[Engine]],
+) -> None:
+    c, _ = fleet
+    prompt = "You are a phone agent. Tap, swipe and type to finish the task. " * 4
+    holder = _complete(c, "r", prompt)
+    assert holder in ("e0", "e1")
+    _spread(c, holder, prompt)
+    other = "e1" if holder == "e0" else "e0"
+    assert _held_tokens(c, "r", other, prompt) == 0  # the other engine never saw it
+    entry = (c.member("r", holder) or {})["models"][MODEL]
+    assert entry["prefix"]["exact"] and entry["prefix_state"] == "exact"
+
+
+def test_garbage_kv_events_reset_the_summary_and_the_daemon_goes_on(
+    fleet: tuple[LocalCluster, list[Engine]],
+) -> None:
+    c, engines = fleet
+    before = "A conversation before the engine's publisher broke down. " * 3
+    holder = _complete(c, "r", before)
+    _spread(c, holder, before)
+    engines[int(holder[1])].control(kv_garbage=True)
+    # The events between are unknown: the summary empties (a stale block could
+    # misroute; a missing one only costs affinity) and the state is partial.
+    c.wait_for(
+        lambda: all(_held_tokens(c, n, holder, before) == 0 for n in ("e0", "e1", "r")),
+        SPREAD_S,
+        f"{holder}'s summary emptied at every node",
+    )
+    entry = (c.member("r", holder) or {})["models"][MODEL]
+    assert entry["prefix_state"].startswith("partial")
+    for n in ("e0", "e1", "r"):
+        assert c.nodes[n].running()
+    # The next blocks the engine caches are followed again.
+    after = "A conversation after the engine's publisher broke down. " * 3
+    for _ in range(10):  # until the router sends it to the same engine
+        if _complete(c, holder, after) == holder:
+            break
+    else:
+        pytest.fail(f"{holder} never served a request entering at {holder}")
+    _spread(c, holder, after)

@@ -28,6 +28,7 @@ As a process (the e2e tests start two beside two daemons):
 
 It prints `READY <port>` when listening. POST /fake/control with a JSON object
 of `FakeSettings` fields changes them at run time (e.g. {"health": "hang"});
+{"kv_garbage": true} sends three malformed KV-event messages;
 GET /fake/state returns its counters.
 """
 
@@ -160,6 +161,9 @@ class FakeEngine:
             await self._inference(conn, stream, path, body)
         elif path == "/fake/control" and method == "POST":
             for key, value in json.loads(body).items():
+                if key == "kv_garbage":  # not a setting: send malformed KV events now
+                    self._kv_garbage()
+                    continue
                 if key == "served_names":
                     value = tuple(value)
                 setattr(s, key, value)
@@ -291,6 +295,15 @@ class FakeEngine:
             if evicted:
                 events.append(removed(list(evicted)))
             self.kv.publish(events)
+
+    def _kv_garbage(self) -> None:
+        """Malformed KV-event messages, as a broken publisher might send: a bad
+        sequence frame, too few frames, a payload that is not msgpack."""
+        if self.kv is None:
+            return
+        self.kv.send_raw([self.kv.topic, b"short"])
+        self.kv.send_raw([self.kv.topic])
+        self.kv.publish_payload(b"\xc1 not msgpack")
 
     def _metrics(self) -> str:
         s = self.settings

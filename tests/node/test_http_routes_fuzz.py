@@ -55,7 +55,8 @@ ROUTES = [
     ("PUT", "/v1/node/tags", "tags"), ("GET", "/v1/catalog", "none"),
     ("POST", "/v1/catalog", "spec"), ("DELETE", "/v1/catalog/{m}", "none"),
     ("PUT", "/v1/catalog/{m}/replicas", "replicas"), ("GET", "/v1/cluster", "none"),
-    ("GET", "/v1/events", "none"), ("GET", "/metrics", "none"), ("GET", "/ui", "none"),
+    ("GET", "/v1/cluster/prefix/{m}", "none"), ("GET", "/v1/events", "none"),
+    ("GET", "/metrics", "none"), ("GET", "/ui", "none"),
 ]  # fmt: skip
 
 
