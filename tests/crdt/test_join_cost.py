@@ -94,3 +94,32 @@ def test_adds_cost_a_constant_number_of_instructions() -> None:
     after = count_instructions(lambda: [s.add("a", -i) for i in range(101, 201)])
     # 10x the state, the same work per add (a margin for dict resizes: none are Python).
     assert after < 1.2 * before, (before, after)
+
+
+class _CountingSet(set[int]):
+    """A cloud that records how many counters each removal walks over."""
+
+    walked = 0
+
+    def difference_update(self, *others: Any) -> None:
+        for o in others:
+            _CountingSet.walked += len(o)
+        super().difference_update(*others)
+
+
+def test_raising_the_vector_past_a_small_cloud_walks_the_cloud_not_the_range() -> None:
+    # A dot far ahead (a replica's counter after a long life) sits in the cloud;
+    # the vector then jumps to just below it. Walking the range would touch ten
+    # million counters; walking the cloud touches one. (The result is the same
+    # either way, so only the cost tells the two walks apart.)
+    from crdt.context import CausalContext
+
+    far = 10**7
+    ctx = CausalContext()
+    ctx.add("r", far)
+    cloud = _CountingSet(ctx._cloud["r"])
+    ctx._cloud["r"] = cloud
+    _CountingSet.walked = 0
+    ctx.raise_to("r", far - 1)
+    assert _CountingSet.walked <= 1, _CountingSet.walked
+    assert ctx.vv["r"] == far and "r" not in ctx._cloud  # folded: 1..far all seen
