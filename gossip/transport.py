@@ -57,6 +57,12 @@ def parse_hostport(text: str) -> Addr:
     return (host.strip("[]"), p)
 
 
+def fmt_addr(addr: tuple[str, int]) -> str:
+    """HOST:PORT, with an IPv6 host in brackets: what `parse_hostport` reads."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class GossipRuntime:
     """Runs one `GossipNode` on real sockets. Use inside a nursery:
 

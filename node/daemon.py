@@ -29,7 +29,7 @@ import trio
 from gossip.core import EventType, GossipEvent, GossipNode
 from gossip.crypto import Keyring
 from gossip.status import next_generation
-from gossip.transport import GossipRuntime, parse_hostport
+from gossip.transport import GossipRuntime, fmt_addr, parse_hostport
 from inference.service import InferenceService
 
 from .catalog import OperatorData
@@ -46,11 +46,6 @@ from .store import SNAPSHOT_EVERY, MemberSnapshots, NodeStore
 log = logging.getLogger("rumor.node")
 
 HTTPStarter = Callable[..., Awaitable[None]]
-
-
-def fmt_addr(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Daemon:

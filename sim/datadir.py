@@ -29,9 +29,8 @@ from typing import Any
 from crdt import CRDT
 from gossip.core import EventType, GossipNode
 from gossip.status import next_generation
-from gossip.transport import parse_hostport
+from gossip.transport import fmt_addr, parse_hostport
 from node.catalog import CATALOG, REPLICAS, OperatorData
-from node.daemon import fmt_addr
 from node.store import MemberSnapshots, NodeStore
 
 from .network import SIM_EPOCH, SimNetwork, drop_in_flight
