@@ -30,7 +30,7 @@ from gossip.core import EventType, GossipEvent, GossipNode
 from gossip.crypto import Keyring
 from gossip.status import next_generation
 from gossip.transport import GossipRuntime, fmt_addr, parse_hostport
-from inference.service import InferenceService
+from inference.service import InferenceService, ModelState
 
 from .catalog import OperatorData
 from .cluster.placement import placement
@@ -44,6 +44,11 @@ from .router import Router
 from .store import SNAPSHOT_EVERY, MemberSnapshots, NodeStore
 
 log = logging.getLogger("rumor.node")
+
+#: Publish-loop runs with nothing changed before the loop slows to QUIET_PUBLISH.
+QUIET_AFTER = 5
+#: Seconds between publish-loop runs while the node is quiet (woken by `poke`).
+QUIET_PUBLISH = 1.0
 
 HTTPStarter = Callable[..., Awaitable[None]]
 
@@ -81,6 +86,8 @@ class Daemon:
         self.record = Record(lambda: self.node, self._kick, self.store)
         self.operator = OperatorData(lambda: self.node, self._kick, self.store)
         self.snapshots = MemberSnapshots(self.store, SNAPSHOT_EVERY)
+        self._poked = trio.Event()  # set by `poke`: run the publish loop now
+        self.publish_runs = 0  # runs of the publish loop so far
 
     @property
     def node(self) -> GossipNode:
@@ -90,6 +97,7 @@ class Daemon:
     def _kick(self) -> None:
         if self.gossip is not None:
             self.gossip.kick()
+        self.poke()  # a local write (tags, catalog): placement may follow
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is not None:
@@ -156,17 +164,47 @@ class Daemon:
             self._nursery.cancel_scope.cancel()
 
     async def _publish_loop(self) -> None:
-        """Once per gossip interval: placement, the record, persistence."""
+        """Once per gossip interval: placement, the record, persistence. While
+        the node is quiet (nothing changed, nothing to serve, no placement
+        pending) once per QUIET_PUBLISH seconds instead, woken at once by
+        `poke`: an idle daemon's CPU is mostly its wake-ups (issue #18)."""
+        unchanged = 0
         while True:
+            self.publish_runs += 1
             now = trio.current_time()
             if not self.draining:
                 self.place(now)
             await self.prefixes.poll(self.inference, self.config.interval / 2, now)
-            self.record.publish(self.record_values(), now)
+            changed = self.record.publish(self.record_values(), now)
             if self.operator.dirty:
                 self.operator.save()
             self._save_snapshot(now)
-            await trio.sleep(self.config.interval)
+            unchanged = 0 if changed or not self._quiet() else unchanged + 1
+            wait = self.config.interval if unchanged < QUIET_AFTER else QUIET_PUBLISH
+            self._poked = trio.Event()
+            with trio.move_on_after(wait):
+                await self._poked.wait()
+            if self._poked.is_set():
+                unchanged = 0  # news: back to every interval until quiet again
+
+    def poke(self) -> None:
+        """Something may change what this node publishes or places (a request,
+        a gossip event, an admin write): run the publish loop now."""
+        self._poked.set()
+
+    def _quiet(self) -> bool:
+        """Nothing here can change on its own: no request in flight, no model
+        loading, unloading or fronted (an engine the operator runs takes
+        requests the daemon never sees), no LLM engine, no placement hold."""
+        if self.in_flight or self.draining or self.models.placer.pending:
+            return False
+        for name, status in self.inference.models().items():
+            if status.state != ModelState.READY or status.is_llm or status.in_flight:
+                return False
+            stats = self.inference.stats(name)
+            if stats is not None and (stats.queue or stats.in_flight):
+                return False
+        return True
 
     def _save_snapshot(self, now: float) -> None:
         """The members we know, for a restart to rejoin (bounded; not on every change)."""
@@ -247,6 +285,8 @@ class Daemon:
 
     def _on_gossip_events(self, events: list[GossipEvent]) -> None:
         assert self.gossip is not None
+        if events:
+            self.poke()  # membership, records or the catalog moved: place, publish
         for ev in events:
             if ev.type == EventType.GENERATION:
                 # Peers held our name at a higher generation (our disk or clock

@@ -74,6 +74,7 @@ class Proxy:
         """`prefix`: an LLM request's prompt chain, for prefix-cache affinity;
         `llm`: route with the LLM policy (node.router.Router.choose)."""
         d = self.daemon
+        d.poke()  # load will move: publish every interval again
         if forwarded:  # one hop only: serve here or fail
             if not d.models.ready(model):
                 return dialect.unavailable(f"model {model!r} is not ready on {d.name}", trace)

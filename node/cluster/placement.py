@@ -75,6 +75,11 @@ class Placer:
     _wanted_since: dict[str, float] = field(default_factory=dict)
     _unwanted_since: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def pending(self) -> bool:
+        """A load or an unload waits out its hold: time alone will change things."""
+        return bool(self._wanted_since or self._unwanted_since)
+
     def step(self, now: float, mine: set[str], held: set[str]) -> tuple[set[str], set[str]]:
         """`mine`: models assigned here in this view; `held`: models placed here
         and loaded or loading. Returns (to_load, to_unload)."""

@@ -220,3 +220,29 @@ async def test_a_request_outliving_the_drain_is_cancelled_with_a_503(
         r = await client.post("/v2/models/mlp/infer", json={"inputs": [MLP_ROW]})
         assert r.status_code == 503 and "shutting down" in r.json()["error"]
         assert (await client.get("/v2/health/ready")).status_code == 503
+
+
+# ---------------------------------------------------------------- the publish loop
+
+
+async def test_a_quiet_node_publishes_once_a_second_and_a_poke_wakes_it() -> None:
+    from node.daemon import QUIET_AFTER, QUIET_PUBLISH
+
+    cfg = config()
+    async with running(cfg) as (daemon, client):
+        # Quiet after QUIET_AFTER unchanged runs; then one run per QUIET_PUBLISH.
+        await trio.sleep(cfg.interval * (QUIET_AFTER + 2) + QUIET_PUBLISH)
+        before = daemon.publish_runs
+        await trio.sleep(3 * QUIET_PUBLISH)
+        runs = daemon.publish_runs - before
+        # 3 expected; every interval would be 15 (a busy host only makes it fewer).
+        assert runs <= 6, f"{runs} publish runs in {3 * QUIET_PUBLISH:g} s of quiet"
+        # A request (or a gossip event, an admin write) wakes it, and it runs
+        # every interval again until quiet: 4-5 runs in the next 0.8 s, where
+        # staying quiet would give at most 1.
+        r = await client.post("/v2/models/nope/infer", json={"inputs": []})
+        assert r.status_code in (400, 404, 503), r.text
+        before = daemon.publish_runs
+        await trio.sleep(4 * cfg.interval)
+        runs = daemon.publish_runs - before
+        assert runs >= 3, f"only {runs} publish runs in the 0.8 s after a request"
