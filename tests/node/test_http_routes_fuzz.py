@@ -45,6 +45,25 @@ SHAPED = {
     "spec": encoded(SPEC),
     "replicas": encoded(st.fixed_dictionaries({"replicas": JSON | st.integers()})),
     "tags": encoded(st.dictionaries(st.text(max_size=8), st.text(max_size=8) | JSON, max_size=4)),
+    "openai": encoded(
+        st.fixed_dictionaries(
+            {"model": MODEL},
+            optional={
+                "messages": st.lists(
+                    st.fixed_dictionaries(
+                        {"role": st.sampled_from(["user", "system", "x"]), "content": JSON}
+                    ),
+                    max_size=3,
+                )
+                | JSON,
+                "prompt": st.text(max_size=40) | JSON,
+                "max_tokens": st.integers(-5, 10**7) | JSON,
+                "temperature": JSON | st.floats(allow_nan=True),
+                "stream": JSON,
+                "stop": JSON,
+            },
+        )
+    ),
     "none": st.just(b""),
 }
 #: Every route the app serves: method, path ({m}: a model name), body kind.
@@ -57,6 +76,8 @@ ROUTES = [
     ("PUT", "/v1/catalog/{m}/replicas", "replicas"), ("GET", "/v1/cluster", "none"),
     ("GET", "/v1/cluster/prefix/{m}", "none"), ("GET", "/v1/events", "none"),
     ("GET", "/metrics", "none"), ("GET", "/ui", "none"),
+    ("GET", "/v1/models", "none"), ("POST", "/v1/completions", "openai"),
+    ("POST", "/v1/chat/completions", "openai"),
 ]  # fmt: skip
 
 
