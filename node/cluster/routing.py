@@ -66,117 +66,102 @@ class Policy(Protocol):
 
 
 @dataclass(frozen=True)
-class Rumor:
+class Pick:
+    """One routing decision's inputs: the ready replicas (never empty), a
+    builder of their candidates on demand, the router's generator and state,
+    and the local replica with the margin it is kept within."""
+
+    names: Sequence[str]
+    cand: Builder
+    rng: random.Random
+    state: RouterState
+    local: str | None = None
+    local_margin: float = 1.0
+
+
+class PolicyBase:
+    """`choose` with the signature every caller uses, stated once; each
+    policy implements `pick` over a `Pick`."""
+
+    def choose(
+        self,
+        names: Sequence[str],
+        cand: Builder,
+        rng: random.Random,
+        state: RouterState,
+        local: str | None = None,
+        local_margin: float = 1.0,
+    ) -> str:
+        return self.pick(Pick(names, cand, rng, state, local, local_margin))
+
+    def pick(self, p: Pick) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Rumor(PolicyBase):
     """Power-of-d choices on `estimate`, random ties, the local replica kept
     within `local_margin`."""
 
     d: int = 2
     name: str = "rumor"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        sample = rng.sample(list(names), min(self.d, len(names)))
-        return best_of(sample, cand, rng, names, local, local_margin)
+    def pick(self, p: Pick) -> str:
+        return best_of(p.rng.sample(list(p.names), min(self.d, len(p.names))), p)
 
 
-def best_of(
-    sample: Sequence[str],
-    cand: Builder,
-    rng: random.Random,
-    names: Sequence[str],
-    local: str | None,
-    local_margin: float,
-) -> str:
+def best_of(sample: Sequence[str], p: Pick) -> str:
     """The sampled name with the lowest `estimate` (random ties), or the local
     replica if it is within `local_margin` of it."""
-    scored = [(estimate(cand(n)), rng.random(), n) for n in sample]
+    scored = [(estimate(p.cand(n)), p.rng.random(), n) for n in sample]
     best_est, _, best = min(scored)
-    if local is None or local not in names:
+    if p.local is None or p.local not in p.names:
         return best
-    return local if estimate(cand(local)) <= best_est + local_margin else best
+    return p.local if estimate(p.cand(p.local)) <= best_est + p.local_margin else best
 
 
 @dataclass(frozen=True)
-class P2C:
+class P2C(PolicyBase):
     """Power of two choices on the reported queues alone (stale, undrained)."""
 
     name: str = "p2c"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        sample = rng.sample(list(names), min(2, len(names)))
-        return min((cand.queue(n), rng.random(), n) for n in sample)[2]
+    def pick(self, p: Pick) -> str:
+        sample = p.rng.sample(list(p.names), min(2, len(p.names)))
+        return min((p.cand.queue(n), p.rng.random(), n) for n in sample)[2]
 
 
 @dataclass(frozen=True)
-class LeastLoaded:
+class LeastLoaded(PolicyBase):
     """The shortest reported queue, random ties: what herds on stale reports."""
 
     name: str = "least_loaded"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        queues = [(cand.queue(n), n) for n in names]
+    def pick(self, p: Pick) -> str:
+        queues = [(p.cand.queue(n), n) for n in p.names]
         best = min(q for q, _ in queues)
-        return rng.choice([n for q, n in queues if q == best])
+        return p.rng.choice([n for q, n in queues if q == best])
 
 
 @dataclass(frozen=True)
-class Random:
+class Random(PolicyBase):
     name: str = "random"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        return rng.choice(list(names))
+    def pick(self, p: Pick) -> str:
+        return p.rng.choice(list(p.names))
 
 
 @dataclass(frozen=True)
-class RoundRobin:
+class RoundRobin(PolicyBase):
     name: str = "round_robin"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        state.rr += 1
-        return names[state.rr % len(names)]
+    def pick(self, p: Pick) -> str:
+        p.state.rr += 1
+        return p.names[p.state.rr % len(p.names)]
 
 
 @dataclass(frozen=True)
-class RumorPrefix:
+class RumorPrefix(PolicyBase):
     """Prefix-cache affinity against load, for LLM requests; pure and sampled.
 
     Cost of a replica, in prefill tokens (Dynamo's KV router minimises the
@@ -223,20 +208,12 @@ class RumorPrefix:
     min_request_tokens: float = 64.0
     name: str = "rumor_prefix"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        names = list(names)
+    def pick(self, p: Pick) -> str:
+        names, cand, rng, state = list(p.names), p.cand, p.rng, p.state
         sample = rng.sample(names, min(self.d, len(names)))
         ranked = sorted((cand(n).cached_tokens for n in names), reverse=True)
         if ranked[0] <= 0:
-            choice = best_of(sample, cand, rng, names, local, local_margin)
+            choice = best_of(sample, p)
             state.note_uncached(cand(choice).uncached_tokens)
             return choice
         shared = ranked[self.d] if len(ranked) > self.d else 0
@@ -258,7 +235,8 @@ class RumorPrefix:
         least = min(load.values())
         if load[choice] - least > self.balance_abs and load[choice] > self.balance_rel * least:
             choice = min((load[n], rng.random(), n) for n in pool)[2]
-        if local in cost and local != choice and cost[local] <= cost[choice] + w * local_margin:
+        local = p.local
+        if local in cost and local != choice and cost[local] <= cost[choice] + w * p.local_margin:
             choice = local
         state.note_uncached(cand(choice).uncached_tokens)
         return choice
@@ -270,7 +248,7 @@ def rendezvous(key: int, name: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class CacheAware:
+class CacheAware(PolicyBase):
     """SGLang's router (`sgl-router` cache_aware policy) over whatever the view
     says: if the loads are imbalanced (max - min > `balance_abs` and max >
     `balance_rel` * min), the least loaded; else, if some replica holds more
@@ -284,20 +262,12 @@ class CacheAware:
     cache_threshold: float = 0.3
     name: str = "cache_aware"
 
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str:
-        cands = [cand(n) for n in names]
+    def pick(self, p: Pick) -> str:
+        cands, rng = [p.cand(n) for n in p.names], p.rng
         load = {c.name: estimate(c) for c in cands}
         hi, lo = max(load.values()), min(load.values())
         if hi - lo > self.balance_abs and hi > self.balance_rel * lo:
-            return min((load[n], rng.random(), n) for n in names)[2]
+            return min((load[n], rng.random(), n) for n in p.names)[2]
         best = max(cands, key=lambda c: c.cached_tokens)
         if best.prompt_tokens and best.cached_tokens > self.cache_threshold * best.prompt_tokens:
             top = [c for c in cands if c.cached_tokens == best.cached_tokens]
