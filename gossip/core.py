@@ -166,10 +166,11 @@ class GossipNode(Membership):
         StateTooLarge (nothing written) if the record would pass its limit."""
         if not values:
             return
+        sizes = {key: len(packb(value)) for key, value in values.items()}
         grow = 0
-        for key, value in values.items():
+        for key, size in sizes.items():
             old = self.own.entries.get(key)
-            grow += len(packb(value)) - (old.size if old is not None else 0)
+            grow += size - (old.size if old is not None else 0)
         if self.own.size + grow > self.config.max_node_state:
             raise StateTooLarge(
                 f"node state would be {self.own.size + grow - self.config.max_node_state} "
@@ -177,7 +178,7 @@ class GossipNode(Membership):
             )
         since = self.own.max_version
         for key, value in values.items():
-            self.own.set_local(key, value, now)
+            self.own.set_local(key, value, now, sizes[key])
         self._own_changed(now, since)
 
     def delete_key(self, key: str, now: float) -> None:

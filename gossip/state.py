@@ -170,9 +170,11 @@ class NodeRecord:
             self.updated_at = now
         return changed
 
-    def set_local(self, key: str, value: Any, now: float) -> None:
+    def set_local(self, key: str, value: Any, now: float, size: int = -1) -> None:
+        """`size`: the value's packed length, if the caller measured it already."""
         self.max_version += 1
-        size = len(packb(value))
+        if size < 0:
+            size = len(packb(value))
         old = self.entries.get(key)
         self.size += size - (old.size if old is not None else 0)
         self.entries[key] = _Entry(self.max_version, value, False, 0.0, size)

@@ -43,6 +43,18 @@ class ModelState(enum.StrEnum):
     UNLOADING = "unloading"
 
 
+def _hash_fields(info: Any) -> dict[str, Any]:
+    """What a router needs to compute an LLM engine's prefix block hashes (the
+    built-in engine's `ModelInfo` and a fronted engine's `RemoteEngineInfo`
+    both carry them)."""
+    return {
+        "kind": "llm",
+        "block_size": info.block_size,
+        "hash": info.hash_name,
+        "hash_salt": info.hash_salt,
+    }
+
+
 @dataclass
 class ModelStatus:
     config: ModelConfig
@@ -76,21 +88,14 @@ class ModelStatus:
             out["device"] = self.description.device
         if self.llm is not None:
             info = self.llm.info
-            # What a router needs to compute the engine's prefix block hashes.
-            out["kind"] = "llm"
-            out["block_size"] = info.block_size
-            out["hash"] = info.hash_name
-            out["hash_salt"] = info.hash_salt
+            out.update(_hash_fields(info))
             out["max_model_len"] = info.max_model_len
             out["max_batch"] = self.config.max_num_seqs
             out.update(self._load_fields())
         elif self.remote is not None:
             engine = self.remote.info
-            out["kind"] = "llm"
+            out.update(_hash_fields(engine))
             out["engine"] = engine.kind
-            out["block_size"] = engine.block_size
-            out["hash"] = engine.hash_name
-            out["hash_salt"] = engine.hash_salt
             # How far its KV events can be trusted ("exact", "partial: why"...);
             # `prefix` is the gossiped summary's header (node/prefixes.py).
             out["prefix_state"] = engine.prefix

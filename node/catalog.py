@@ -75,9 +75,10 @@ class OperatorData:
         node = self._node()
         staged = node.crdt(name).copy()
         delta = mutate(staged)
-        both = {CATALOG: node.crdt(CATALOG), REPLICAS: node.crdt(REPLICAS), name: staged}
+        catalog = staged if name == CATALOG else node.crdt(CATALOG)
+        replicas = staged if name == REPLICAS else node.crdt(REPLICAS)
         try:
-            self.store.save_cluster_state(both[CATALOG], both[REPLICAS])
+            self.store.save_cluster_state(catalog, replicas)
         except OSError as e:
             raise NotSaved(
                 f"this node could not save the write to its data dir ({e}): nothing was "

@@ -208,7 +208,8 @@ class Daemon:
 
     def _save_snapshot(self, now: float) -> None:
         """The members we know, for a restart to rejoin (bounded; not on every change)."""
-        self.snapshots.tick(now, [(n, fmt_addr(a), t) for n, a, t in self.node.snapshot()])
+        if self.snapshots.due(now):
+            self.snapshots.tick(now, [(n, fmt_addr(a), t) for n, a, t in self.node.snapshot()])
 
     # -- placement ---------------------------------------------------------------
 

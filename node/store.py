@@ -156,9 +156,14 @@ class MemberSnapshots:
         self.checked_at = -soon
         self.written_at = -every
 
+    def due(self, now: float) -> bool:
+        """Whether `tick` would look at the members now (so the caller lists
+        them only then: that list is O(members))."""
+        return now - self.checked_at >= self.soon and self.store.dir is not None
+
     def tick(self, now: float, members: list[tuple[str, str, float]]) -> bool:
         """`members`: (name, HOST:PORT, last heard). True if a snapshot was written."""
-        if now - self.checked_at < self.soon or self.store.dir is None:
+        if not self.due(now):
             return False
         self.checked_at = now
         snap = snapshot_of(members)

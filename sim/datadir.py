@@ -174,8 +174,9 @@ class DataDirs:
         self._save_generation(name)
         if any(ev.type == EventType.CRDT for _, ev in events):
             proc.operator.save()
-        known = [(n, fmt_addr(a), t) for n, a, t in sn.node.snapshot()]
-        proc.snapshots.tick(self.net.now, known)
+        if proc.snapshots.due(self.net.now):
+            known = [(n, fmt_addr(a), t) for n, a, t in sn.node.snapshot()]
+            proc.snapshots.tick(self.net.now, known)
 
     def _save_generation(self, name: str) -> None:
         node, store = self.net.nodes[name].node, self.stores[name]

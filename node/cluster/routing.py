@@ -35,7 +35,6 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from .candidates import Builder as Builder
 from .candidates import Candidate as Candidate
@@ -45,24 +44,6 @@ from .candidates import RouterState as RouterState
 from .candidates import drain as drain
 from .candidates import estimate as estimate
 from .candidates import others_inflight as others_inflight
-
-
-class Policy(Protocol):
-    """Choose one of `names` (never empty); `cand` builds a name's candidate
-    on demand, so a policy that samples builds only what it samples."""
-
-    @property
-    def name(self) -> str: ...
-
-    def choose(
-        self,
-        names: Sequence[str],
-        cand: Builder,
-        rng: random.Random,
-        state: RouterState,
-        local: str | None = None,
-        local_margin: float = 1.0,
-    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -79,9 +60,13 @@ class Pick:
     local_margin: float = 1.0
 
 
-class PolicyBase:
-    """`choose` with the signature every caller uses, stated once; each
-    policy implements `pick` over a `Pick`."""
+class Policy:
+    """Chooses one of `names` (never empty); `cand` builds a name's candidate
+    on demand, so a policy that samples builds only what it samples. `choose`
+    is the signature every caller uses, stated once; each policy (a frozen
+    dataclass with its `name`) implements `pick` over a `Pick`."""
+
+    name: str
 
     def choose(
         self,
@@ -99,7 +84,7 @@ class PolicyBase:
 
 
 @dataclass(frozen=True)
-class Rumor(PolicyBase):
+class Rumor(Policy):
     """Power-of-d choices on `estimate`, random ties, the local replica kept
     within `local_margin`."""
 
@@ -121,7 +106,7 @@ def best_of(sample: Sequence[str], p: Pick) -> str:
 
 
 @dataclass(frozen=True)
-class P2C(PolicyBase):
+class P2C(Policy):
     """Power of two choices on the reported queues alone (stale, undrained)."""
 
     name: str = "p2c"
@@ -132,7 +117,7 @@ class P2C(PolicyBase):
 
 
 @dataclass(frozen=True)
-class LeastLoaded(PolicyBase):
+class LeastLoaded(Policy):
     """The shortest reported queue, random ties: what herds on stale reports."""
 
     name: str = "least_loaded"
@@ -144,7 +129,7 @@ class LeastLoaded(PolicyBase):
 
 
 @dataclass(frozen=True)
-class Random(PolicyBase):
+class Random(Policy):
     name: str = "random"
 
     def pick(self, p: Pick) -> str:
@@ -152,7 +137,7 @@ class Random(PolicyBase):
 
 
 @dataclass(frozen=True)
-class RoundRobin(PolicyBase):
+class RoundRobin(Policy):
     name: str = "round_robin"
 
     def pick(self, p: Pick) -> str:
@@ -161,7 +146,7 @@ class RoundRobin(PolicyBase):
 
 
 @dataclass(frozen=True)
-class RumorPrefix(PolicyBase):
+class RumorPrefix(Policy):
     """Prefix-cache affinity against load, for LLM requests; pure and sampled.
 
     Cost of a replica, in prefill tokens (Dynamo's KV router minimises the
@@ -248,7 +233,7 @@ def rendezvous(key: int, name: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class CacheAware(PolicyBase):
+class CacheAware(Policy):
     """SGLang's router (`sgl-router` cache_aware policy) over whatever the view
     says: if the loads are imbalanced (max - min > `balance_abs` and max >
     `balance_rel` * min), the least loaded; else, if some replica holds more
