@@ -33,10 +33,12 @@ MANIFEST = "SOURCES.json"
 
 #: Compiled modules per package: the protocol's pure core, the hot path of
 #: every message. The runtime (gossip.transport: trio, sockets) and the
-#: cold modules (config, events, errors) stay interpreted.
-#: To compile crdt/ as well, add its modules here and call `use_compiled`
-#: from crdt/__init__.py as gossip/__init__.py does.
+#: cold modules (config, events, errors) stay interpreted. Of crdt/, the two
+#: modules every received message runs through: `unpack_limited` (codec) and
+#: the value checks (_wire); its types stay interpreted for now (the
+#: mutation check and tests/crdt/test_join_cost patch and count them).
 COMPILED: dict[str, tuple[str, ...]] = {
+    "crdt": ("_wire", "codec"),
     "gossip": (
         "base",
         "broadcast",

@@ -3,7 +3,14 @@
 Every type is a join-semilattice: `merge` is commutative, associative and
 idempotent, mutators return deltas that join like full states, and
 `to_wire`/`from_wire` give canonical msgpack-ready primitives.
+
+Its hot-path modules run compiled (mypyc) when a current build exists and
+RUMOR_PURE is unset; see compiled_build.py.
 """
+
+from compiled_build import use_compiled
+
+__path__ = use_compiled(__name__, __path__)
 
 from ._wire import expect_plain
 from .base import CRDT as CRDT
