@@ -45,8 +45,9 @@ browser:
 test: $(STAMP) browser compiled
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	@$(BIN)/python -c "import compiled_build as c, gossip.core as g; \
-	    print('gossip core:', 'compiled' if c.is_compiled(g) else 'pure Python')"
+	@$(BIN)/python -c "import compiled_build as c, gossip.core as g, crdt.codec as k; \
+	    print('gossip core:', 'compiled' if c.is_compiled(g) else 'pure Python'); \
+	    print('crdt codec:', 'compiled' if c.is_compiled(k) else 'pure Python')"
 	$(BIN)/python -m pytest
 	RUMOR_PURE=1 $(BIN)/python -m pytest tests/gossip tests/sim tests/crdt
 
