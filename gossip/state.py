@@ -133,6 +133,14 @@ class NodeRecord:
             self.name, self.generation, self.addr, since, tuple(ups), reset, self.gc_floor
         )
 
+    def holds(self, delta: NodeDelta) -> bool:
+        """True if applying this same-generation, non-reset delta would change
+        nothing: we have every version it carries, its GC floor, its address."""
+        if delta.gc_floor > self.gc_floor or delta.addr != self.addr:
+            return False
+        top = self.max_version
+        return all(u.version <= top for u in delta.updates)
+
     def needs_reset(self, peer_version: int) -> bool:
         return peer_version < self.gc_floor
 
@@ -162,10 +170,18 @@ class NodeRecord:
                 u.version, u.value, u.deleted, now if u.deleted else 0.0, size
             )
             changed.append(u.key)
-        top = max((u.version for u in delta.updates), default=0)
+        # Loops, not max() and sum() over generators: mypyc builds a generator
+        # object for those, and this runs for every delta received.
+        top = 0
+        for u in delta.updates:
+            if u.version > top:
+                top = u.version
         self.max_version = max(self.max_version, top, delta.gc_floor if delta.reset else 0)
         self.gc_floor = max(self.gc_floor, delta.gc_floor)
-        self.size = sum(e.size for e in self.entries.values())
+        size = 0
+        for e in self.entries.values():
+            size += e.size
+        self.size = size
         if changed:
             self.updated_at = now
         return changed
@@ -269,6 +285,12 @@ class ClusterState:
         if not d.reset:
             if d.from_version > rec.max_version:
                 return "gap", []
+            if outcome == "applied" and rec.holds(d):
+                # Most pushes a node receives are copies of a change it holds
+                # already: nothing to apply, and the record stays as it is.
+                if any(u.deleted for u in d.updates):
+                    self.with_tombstones.add(d.name)
+                return "stale", []
         elif outcome != "new":
             top = max((u.version for u in d.updates), default=0)
             if rec.max_version > max(top, d.gc_floor):
