@@ -33,6 +33,7 @@ from crdt import CRDT, HLC, DecodeError, decode
 
 from .base import Datagram, Outgoing, Probe, StreamFrame
 from .config import GossipConfig
+from .counts import Counts
 from .crypto import DATAGRAM, STREAM, Keyring, Opener, ReplayWindow, Sealer
 from .errors import LocalProtocolError, RemoteProtocolError, StateTooLarge
 from .events import EventType, GossipEvent
@@ -88,7 +89,7 @@ class GossipNode(Membership):
         self.incarnation = 0
         self.local_health = 0
         self._health_raised_at = now
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counts()
         self.left = False
         self._sealer = Sealer(keyring, rng)
         self._opener = Opener(keyring)
