@@ -57,8 +57,9 @@ _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 DATAGRAM, STREAM = 0, 1
 _HKDF_INFO = b"rumor gossip v2"
 _COUNTER = struct.Struct(">Q")
-#: The GCM nonce: (channel: u32, counter: u64), big-endian.
-_NONCE = struct.Struct(">IQ")
+#: The GCM nonce is (channel: u32, counter: u64), big-endian: the channel's
+#: four bytes here, then the counter's eight as the header carries them.
+_CHANNEL_BYTES = (b"\x00\x00\x00\x00", b"\x00\x00\x00\x01")
 
 
 def subkey(key: bytes, salt: bytes) -> bytes:
@@ -143,18 +144,20 @@ class Sealer:
         self.keyring = keyring
         self.salt = rng.getrandbits(8 * SALT_LEN).to_bytes(SALT_LEN, "big")
         self._counters = [0, 0]  # per channel
-        self._aead = _cipher(keyring.primary, self.salt) if keyring else None
+        # The bound method, looked up once: sealing runs once per packet sent.
+        self._encrypt = _cipher(keyring.primary, self.salt).encrypt if keyring else None
         kid = key_id(keyring.primary) if keyring else INSECURE_KEY_ID
         #: The header's first 14 bytes never change: version, key id, salt.
         self._prefix = bytes((ENVELOPE_VERSION, kid)) + (self.salt if keyring else b"")
 
     def seal(self, plaintext: bytes, channel: int = DATAGRAM) -> bytes:
-        if self._aead is None:
+        if self._encrypt is None:
             return self._prefix + plaintext
         counter = self._counters[channel] + 1
         self._counters[channel] = counter
-        header = self._prefix + _COUNTER.pack(counter)
-        return header + self._aead.encrypt(_NONCE.pack(channel, counter), plaintext, header)
+        packed = _COUNTER.pack(counter)
+        header = self._prefix + packed
+        return header + self._encrypt(_CHANNEL_BYTES[channel] + packed, plaintext, header)
 
 
 class Opener:
@@ -185,7 +188,7 @@ class Opener:
         header = data[:HEADER_LEN]
         salt = data[2 : 2 + SALT_LEN]
         (counter,) = _COUNTER.unpack_from(data, 2 + SALT_LEN)
-        iv = _NONCE.pack(channel, counter)
+        iv = _CHANNEL_BYTES[channel] + header[2 + SALT_LEN :]
         for key in self._by_id.get(kid, ()):
             try:
                 plaintext = _cipher(key, salt).decrypt(iv, data[HEADER_LEN:], header)
