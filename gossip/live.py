@@ -36,6 +36,7 @@ def same_sample(rng: random.Random, population: list[str], k: int) -> list[str]:
     if type(rng) is not random.Random or not 0 <= k <= n:
         return rng.sample(population, k)
     bits = n.bit_length()
+    draw = rng.getrandbits  # looked up once, not per draw
     result: list[str] = []
     # Whether an n-long list or a k-long set is smaller, as the stdlib decides.
     setsize = 21
@@ -46,17 +47,17 @@ def same_sample(rng: random.Random, population: list[str], k: int) -> list[str]:
         for i in range(k):
             m = n - i
             mbits = m.bit_length()
-            j = rng.getrandbits(mbits)
+            j = draw(mbits)
             while j >= m:
-                j = rng.getrandbits(mbits)
+                j = draw(mbits)
             result.append(pool[j])
             pool[j] = pool[m - 1]
     else:
         selected: set[int] = set()
         for _ in range(k):
-            j = rng.getrandbits(bits)
+            j = draw(bits)
             while j >= n or j in selected:
-                j = rng.getrandbits(bits)
+                j = draw(bits)
             selected.add(j)
             result.append(population[j])
     return result
