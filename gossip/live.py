@@ -24,6 +24,23 @@ def ring_position(name: str) -> int:
     return pos
 
 
+#: k -> the population size up to which random.sample draws from a list
+#: rather than a set (its `setsize`), memoised: one log and one power per k.
+_set_sizes: dict[int, int] = {}
+
+
+def _set_size(k: int) -> int:
+    """Whether an n-long list or a k-long set is smaller, as the stdlib decides."""
+    size = _set_sizes.get(k)
+    if size is None:
+        size = 21
+        if k > 5:
+            size += 4 ** math.ceil(math.log(k * 3, 4))
+        if len(_set_sizes) < 1024:
+            _set_sizes[k] = size
+    return size
+
+
 def same_sample(rng: random.Random, population: list[str], k: int) -> list[str]:
     """`rng.sample(population, k)`: the same picks, the same draws from `rng`,
     compiled. The standard library's sample is interpreted (2.4 us for 6 of
@@ -38,11 +55,7 @@ def same_sample(rng: random.Random, population: list[str], k: int) -> list[str]:
     bits = n.bit_length()
     draw = rng.getrandbits  # looked up once, not per draw
     result: list[str] = []
-    # Whether an n-long list or a k-long set is smaller, as the stdlib decides.
-    setsize = 21
-    if k > 5:
-        setsize += 4 ** math.ceil(math.log(k * 3, 4))
-    if n <= setsize:
+    if n <= _set_size(k):
         pool = list(population)
         for i in range(k):
             m = n - i
