@@ -250,6 +250,8 @@ def _is_ip(host: str) -> bool:
 
 
 def _plain(o: object) -> Any:
+    if type(o) is str or type(o) is int:
+        return o  # the common values: plain by themselves (no call into crdt's checks)
     try:
         return validate_plain(o, "value")
     except DecodeError as e:
@@ -289,13 +291,17 @@ def parse_digest(o: object) -> DigestEntry:
 def parse_delta(o: object) -> NodeDelta:
     d = _list(o, "delta", 7)
     ups: list[KeyUpdate] = []
-    seen: set[str] = set()
-    for u in _list(d[4], "updates"):
+    updates = _list(d[4], "updates")
+    seen: set[str] | None = set() if len(updates) > 1 else None  # none to compare one with
+    for u in updates:
         u = _list(u, "update", 2)
         key, version = _key(u[0]), _uint(u[1], "version")
-        if key in seen or version == 0:
+        if version == 0:
             raise _fail("delta: duplicate key or zero version")
-        seen.add(key)
+        if seen is not None:
+            if key in seen:
+                raise _fail("delta: duplicate key or zero version")
+            seen.add(key)
         if len(u) > 2:
             ups.append(KeyUpdate(key, version, _plain(u[2]), False))
         else:
