@@ -84,6 +84,7 @@ class GossipRuntime:
         generation: int | None = None,
         seed: int | None = None,
         on_events: Callable[[list[GossipEvent]], None] | None = None,
+        on_tick: Callable[[float], None] | None = None,
         setup: Callable[[GossipNode], None] | None = None,
         clock_skew: float = 0.0,
     ) -> None:
@@ -103,6 +104,10 @@ class GossipRuntime:
         self.generation = generation if generation is not None else time.time_ns() // 1_000_000
         self.rng = random.Random(seed) if seed is not None else random.Random()
         self.on_events = on_events
+        #: Called after each timer tick with its time: periodic work of the
+        #: application can ride on the core's wake-ups instead of adding its
+        #: own (an idle process's CPU is mostly its wake-ups; issue #18).
+        self.on_tick = on_tick
         self.setup = setup
         self.node: GossipNode | None = None  # set once bound
         self.addr: Addr | None = None
@@ -224,8 +229,11 @@ class GossipRuntime:
                 self._timer = scope
                 await trio.sleep_forever()
             self._timer = None
-            self.node.tick(trio.current_time())
+            now = trio.current_time()
+            self.node.tick(now)
             self.kick()
+            if self.on_tick is not None:
+                self.on_tick(now)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         """One inbound stream: a sealed preamble within `stream_first_frame_s`,
