@@ -125,6 +125,10 @@ class SimNetwork:
         self.bytes_sent: dict[str, int] = {}
         self.messages_sent: dict[str, int] = {}
         self.on_deliver: Callable[[SimNode, Datagram | StreamFrame], None] | None = None
+        #: Called with each datagram or frame as its node sends it (under the
+        #: host model, when its job's send is done). A hook rather than a
+        #: patched `_send`: this class may run compiled (compiled_build.py).
+        self.on_send: Callable[[SimNode, Datagram | StreamFrame], None] | None = None
 
     # -- topology ------------------------------------------------------------
 
@@ -217,6 +221,8 @@ class SimNetwork:
             self._schedule(sn.next_tick, "tick", sn.name)
 
     def _send(self, sn: SimNode, out: Datagram | StreamFrame) -> None:
+        if self.on_send is not None:
+            self.on_send(sn, out)
         self.bytes_sent[sn.name] = self.bytes_sent.get(sn.name, 0) + len(out.data)
         self.messages_sent[sn.name] = self.messages_sent.get(sn.name, 0) + 1
         self._transmit(sn, out)
@@ -263,10 +269,11 @@ class SimNetwork:
         elif kind == "done":
             self._finish(*payload)
         elif kind == "start":
-            if payload.alive and self.nodes.get(payload.name) is payload and payload.inbox:
-                self._run_job(payload)
+            sn = payload
+            if sn.alive and self.nodes.get(sn.name) is sn and sn.inbox:
+                self._run_job(sn)
             else:
-                payload.running = False
+                sn.running = False
                 self._release_core()
                 self._dispatch()
         elif kind == "send":
