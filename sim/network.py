@@ -119,7 +119,7 @@ class SimNetwork:
         self.by_addr: dict[Addr, SimNode] = {}
         self.grudges: set[tuple[str, str]] = set()  # (receiver, sender): receiver refuses
         self._trace = hashlib.blake2b(digest_size=16)
-        self._addr_text: dict[Addr, str] = {}  # str(addr), as traced (formatted once)
+        self._addr_text: dict[Addr, bytes] = {}  # str(addr), as traced (encoded once)
         self.delivered = 0
         self.dropped = 0
         self.bytes_sent: dict[str, int] = {}
@@ -320,10 +320,18 @@ class SimNetwork:
     def _deliver(self, dst: SimNode, kind: str, payload: Any) -> None:
         src, out = payload
         text = self._addr_text
-        src_text = text.get(src) or text.setdefault(src, str(src))
-        dst_text = text.get(out.dst) or text.setdefault(out.dst, str(out.dst))
-        self._trace.update(f"{self.now:.9f}|{src_text}|{dst_text}|".encode())
-        self._trace.update(out.data[:64])
+        src_text = text.get(src)
+        if src_text is None:
+            src_text = text[src] = str(src).encode()
+        dst_text = text.get(dst.addr)
+        if dst_text is None:
+            dst_text = text[dst.addr] = str(dst.addr).encode()
+        # The traced line: time, sender, receiver and the datagram's first 64
+        # bytes, fed to the hash in one piece. `b"%.9f" % t` spells t as
+        # f"{t:.9f}" does (both are CPython's correctly rounded 'f' format), and
+        # one update of a concatenation digests as two updates of its parts, so
+        # the hashes are those of the old two-update, f-string trace.
+        self._trace.update(b"%.9f|%b|%b|%b" % (self.now, src_text, dst_text, out.data[:64]))
         self.delivered += 1
         if kind == "frame":
             dst.node.receive_stream(out.data, src, self._local(dst))
