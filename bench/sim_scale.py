@@ -2,10 +2,12 @@
 
 Runs `rumor sim`'s default scenario (warm start, encrypted, one update every
 5 s, 200 ms interval, fanout 3) at each size, one size per child process so
-that memory is measured alone, and reports: setup wall seconds, simulated
-seconds per wall second without and with setup, and resident memory per
-node after setup. A size that cannot finish within `--mem-gb` of address
-space or `--limit-s` seconds reports how far its warm start got.
+that memory is measured alone, and reports: setup wall and CPU seconds,
+the run's CPU seconds, simulated seconds per wall second without and with
+setup, and resident memory per node after setup. It imports the tree it
+sits in, so a copy of it in an exported older tree measures that tree. A
+size that cannot finish within `--mem-gb` of address space or `--limit-s`
+seconds reports how far its warm start got.
 
     flock /work/bench.lock .venv/bin/python bench/sim_scale.py \
         [--sizes 100,1000,10000] [--duration 60] [--mem-gb 14] [--limit-s 600] [--json]
