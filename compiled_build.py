@@ -34,6 +34,8 @@ MANIFEST = "SOURCES.json"
 #: Compiled modules per package: the protocol's pure core, the hot path of
 #: every message. The runtime (gossip.transport: trio, sockets) and the
 #: cold modules (config, events, errors) stay interpreted.
+#: sim.network, the simulator's event loop, is compiled too: it calls into the
+#: core for every event (a quarter of a simulation's time, interpreted).
 #: To compile crdt/ as well, add its modules here and call `use_compiled`
 #: from crdt/__init__.py as gossip/__init__.py does.
 COMPILED: dict[str, tuple[str, ...]] = {
@@ -52,15 +54,20 @@ COMPILED: dict[str, tuple[str, ...]] = {
         "sync",
         "wire",
     ),
+    "sim": ("network",),
 }
 
 
 def _sources(package: str) -> dict[str, str]:
-    """sha256 of each compiled module's source, by module name."""
+    """sha256 of each compiled module's source, by module name: the package's
+    own and, as `pkg.mod`, every other compiled package's. A build is used
+    whole or not at all: compiled code of one package calls the compiled
+    classes of another directly, so a stale one makes both stale."""
     out = {}
-    for mod in COMPILED[package]:
-        data = (ROOT / package / f"{mod}.py").read_bytes()
-        out[mod] = hashlib.sha256(data).hexdigest()
+    for pkg, mods in COMPILED.items():
+        for mod in mods:
+            data = (ROOT / pkg / f"{mod}.py").read_bytes()
+            out[mod if pkg == package else f"{pkg}.{mod}"] = hashlib.sha256(data).hexdigest()
     return out
 
 

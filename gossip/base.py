@@ -160,9 +160,13 @@ class NodeBase:
         target = fields.get("target")
         rumors = extra_rumors + self._take_rumors(rumor_budget, first=target, copies=copies)
         wall_ms = int((self._clock + self.wall_offset) * 1000)
-        return Message(
-            mtype, self.name, self.generation, self.addr, rumors=rumors, wall_ms=wall_ms, **fields
-        )
+        msg = Message(mtype, self.name, self.generation, self.addr, rumors=rumors, wall_ms=wall_ms)
+        # Set one by one rather than passed on as `**fields`: compiled, a call
+        # with `**` takes the class's generic entry, which parses every
+        # argument by name (1.5% of a simulation). Same fields, same message.
+        for name, value in fields.items():
+            setattr(msg, name, value)
+        return msg
 
     def _send(self, dst: Addr, msg: Message, now: float) -> None:
         self._send_plaintext(dst, encode_message(msg))
