@@ -237,9 +237,12 @@ class Daemon:
 
     def placement(self) -> dict[str, list[str]]:
         """model -> nodes that should hold it, computed from this node's own view."""
+        catalog = self.operator.catalog()
+        if not catalog:
+            return {}  # nothing to place: skip reading every member's device
         draining = {self.name} if self.draining else set()
         view = GossipView(self.node)
-        return placement(self.operator.catalog(), self.operator.targets(), view.devices(), draining)
+        return placement(catalog, self.operator.targets(), view.devices(), draining)
 
     def place(self, now: float) -> None:
         mine = {m for m, nodes in self.placement().items() if self.name in nodes}
