@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 # source changes. Where it cannot be built (no C compiler, say) it prints why
 # and the pure-Python modules run: same code, same bytes, slower.
 COMPILED := build/mypyc/gossip/SOURCES.json
-$(COMPILED): $(STAMP) setup.py compiled_build.py $(wildcard gossip/*.py) $(wildcard crdt/*.py)
+$(COMPILED): $(STAMP) setup.py compiled_build.py $(wildcard gossip/*.py) $(wildcard crdt/*.py) \
+		sim/network.py
 	-@$(BIN)/python setup.py build_mypyc
 
 compiled: $(COMPILED)

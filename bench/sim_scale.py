@@ -2,10 +2,12 @@
 
 Runs `rumor sim`'s default scenario (warm start, encrypted, one update every
 5 s, 200 ms interval, fanout 3) at each size, one size per child process so
-that memory is measured alone, and reports: setup wall seconds, simulated
-seconds per wall second without and with setup, and resident memory per
-node after setup. A size that cannot finish within `--mem-gb` of address
-space or `--limit-s` seconds reports how far its warm start got.
+that memory is measured alone, and reports: setup wall and CPU seconds,
+the run's CPU seconds, simulated seconds per wall second without and with
+setup, and resident memory per node after setup. It imports the tree it
+sits in, so a copy of it in an exported older tree measures that tree. A
+size that cannot finish within `--mem-gb` of address space or `--limit-s`
+seconds reports how far its warm start got.
 
     flock /work/bench.lock .venv/bin/python bench/sim_scale.py \
         [--sizes 100,1000,10000] [--duration 60] [--mem-gb 14] [--limit-s 600] [--json]
@@ -46,6 +48,7 @@ def child(n: int, duration: float, mem_gb: float) -> None:
     base = rss_mb()
     at_setup: dict[str, float] = {}
     started = time.perf_counter()
+    cpu0 = time.process_time()
     original = sim.network.bootstrap
 
     def bootstrap(*args: object, **kw: object) -> sim.network.SimNetwork:
@@ -64,10 +67,12 @@ def child(n: int, duration: float, mem_gb: float) -> None:
 
         net = original(*args, progress=progress, **kw)  # type: ignore[arg-type]
         at_setup["rss_mb"] = rss_mb() - base
+        at_setup["cpu_s"] = time.process_time() - cpu0
         return net
 
     sim.runner.bootstrap = bootstrap  # type: ignore[attr-defined]
     r = run_scenario(Scenario(nodes=n, duration=duration))
+    cpu = time.process_time() - cpu0
     run_wall = r["wall_seconds"] - r["setup_wall_seconds"]
     print(
         json.dumps(
@@ -76,6 +81,11 @@ def child(n: int, duration: float, mem_gb: float) -> None:
                 "compiled": compiled_build.is_compiled(gossip.core),
                 "setup_wall_s": r["setup_wall_seconds"],
                 "run_wall_s": round(run_wall, 2),
+                # CPU seconds of this process: less moved than wall time by
+                # other jobs on a shared machine (the run's includes the
+                # runner's analysis after it, well under 1%).
+                "setup_cpu_s": round(at_setup["cpu_s"], 2),
+                "run_cpu_s": round(cpu - at_setup["cpu_s"], 2),
                 "sim_s": r["sim_seconds"],
                 "speed_run": round(r["sim_seconds"] / run_wall, 2),
                 "speed_with_setup": round(r["sim_seconds"] / r["wall_seconds"], 2),

@@ -161,8 +161,9 @@ class NodeBase:
         rumors = extra_rumors + self._take_rumors(rumor_budget, first=target, copies=copies)
         wall_ms = int((self._clock + self.wall_offset) * 1000)
         msg = Message(mtype, self.name, self.generation, self.addr, rumors=rumors, wall_ms=wall_ms)
-        # Set one by one: `Message(..., **fields)` is a generic call under mypyc
-        # (a dict built, all 20 parameters parsed by name), three times the cost.
+        # Set one by one rather than passed on as `**fields`: compiled, a call
+        # with `**` takes the class's generic entry, which parses every
+        # argument by name (1.5% of a simulation). Same fields, same message.
         for name, value in fields.items():
             setattr(msg, name, value)
         return msg

@@ -7,83 +7,83 @@ import bisect
 import hashlib
 import math
 import random
+from typing import Any
 
-#: name -> ring position, memoised for the process (a pure function; every
-#: simulated node places the same names). Bounded: cleared when full.
-_positions: dict[str, int] = {}
+#: A member's key on the ring: (ring position, name). Typed as a plain tuple,
+#: not `tuple[int, str]`, so that compiled code keeps the one shared object
+#: (mypyc unboxes a fixed-length tuple and boxes a new copy at each store).
+RingKey = tuple[Any, ...]
 
-
-def ring_position(name: str) -> int:
-    pos = _positions.get(name)
-    if pos is None:
-        if len(_positions) >= 1 << 17:
-            _positions.clear()
-        pos = _positions[name] = int.from_bytes(
-            hashlib.blake2b(name.encode(), digest_size=8).digest(), "big"
-        )
-    return pos
+#: name -> its ring key, memoised for the process: a pure function of the
+#: name, and every simulated node holds the same keys, so they share one
+#: tuple (about 80 bytes less per member per node). Bounded: cleared when full.
+_ring_keys: dict[str, RingKey] = {}
 
 
-#: k -> the population size up to which random.sample draws from a list
-#: rather than a set (its `setsize`), memoised: one log and one power per k.
-_set_sizes: dict[int, int] = {}
+def ring_key(name: str) -> RingKey:
+    key = _ring_keys.get(name)
+    if key is None:
+        if len(_ring_keys) >= 1 << 17:
+            _ring_keys.clear()
+        pos = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+        key = _ring_keys[name] = (pos, name)
+    return key
 
 
-def _set_size(k: int) -> int:
-    """Whether an n-long list or a k-long set is smaller, as the stdlib decides."""
-    size = _set_sizes.get(k)
-    if size is None:
-        size = 21
-        if k > 5:
-            size += 4 ** math.ceil(math.log(k * 3, 4))
-        if len(_set_sizes) < 1024:
-            _set_sizes[k] = size
-    return size
-
-
-def same_sample(rng: random.Random, population: list[str], k: int) -> list[str]:
-    """`rng.sample(population, k)`: the same picks, the same draws from `rng`,
-    compiled. The standard library's sample is interpreted (2.4 us for 6 of
-    100, every push); its draws decide who hears what, and so the simulator's
-    trace hashes, so this follows its algorithm step by step (CPython 3.11,
-    Lib/random.py: `sample` over `_randbelow_with_getrandbits`).
-    tests/gossip/test_live.py checks it against `rng.sample` draw for draw.
-    A subclass of Random may draw differently: it gets its own `sample`."""
-    n = len(population)
-    if type(rng) is not random.Random or not 0 <= k <= n:
-        return rng.sample(population, k)
+def _below(rng: random.Random, n: int) -> int:
+    """A uniform int in [0, n), drawn as `random.Random._randbelow` draws it
+    (getrandbits of n's bit length, redrawn until below n)."""
     bits = n.bit_length()
-    draw = rng.getrandbits  # looked up once, not per draw
+    r = rng.getrandbits(bits)
+    while r >= n:
+        r = rng.getrandbits(bits)
+    return r
+
+
+def sample(rng: random.Random, population: list[str], k: int) -> list[str]:
+    """`rng.sample(population, k)`: the same draws from `rng`, the same picks.
+
+    CPython's `Random.sample` is interpreted (3.11's Lib/random.py) and ran for
+    every push and anti-entropy round, 4% of a simulation; written here it is
+    compiled with the rest of the core. Its algorithm is followed step for
+    step (a partial Fisher-Yates shuffle of a copy when the population is
+    small next to a k-set, else rejection of repeated indices), so the picks,
+    and every later draw, are the stdlib's: the trace hashes are unchanged,
+    and tests/gossip/test_live.py compares the two on many sizes and seeds.
+    Only `getrandbits` is called, as the stdlib does for `random.Random` and
+    any subclass that does not replace `random` alone.
+    """
+    n = len(population)
+    if not 0 <= k <= n:
+        raise ValueError("sample larger than population or is negative")
+    setsize = 21  # the stdlib's: a small set's size minus an empty list's
+    if k > 5:
+        setsize += 4 ** math.ceil(math.log(k * 3, 4))
     result: list[str] = []
-    if n <= _set_size(k):
+    if n <= setsize:
         pool = list(population)
         for i in range(k):
-            m = n - i
-            mbits = m.bit_length()
-            j = draw(mbits)
-            while j >= m:
-                j = draw(mbits)
+            j = _below(rng, n - i)
             result.append(pool[j])
-            pool[j] = pool[m - 1]
+            pool[j] = pool[n - i - 1]
     else:
         selected: set[int] = set()
         for _ in range(k):
-            j = draw(bits)
-            while j >= n or j in selected:
-                j = draw(bits)
+            j = _below(rng, n)
+            while j in selected:
+                j = _below(rng, n)
             selected.add(j)
             result.append(population[j])
     return result
 
 
 class LiveIndex:
-    __slots__ = ("_keys", "_names", "_neighbours", "_pos", "_ring", "_sorted")
+    __slots__ = ("_names", "_neighbours", "_pos", "_ring", "_sorted")
 
     def __init__(self) -> None:
         self._names: list[str] = []  # for sampling; order is deterministic
         self._pos: dict[str, int] = {}
-        self._ring: list[tuple[int, str]] = []  # sorted by (ring position, name)
-        self._keys: dict[str, tuple[int, str]] = {}
+        self._ring: list[RingKey] = []  # sorted by (ring position, name)
         # Additions are appended and the ring sorted when next read: learning
         # N members at once (a join, a warm start) is then one sort, not N
         # insertions into an N-long list.
@@ -91,7 +91,7 @@ class LiveIndex:
         # The last answer of `neighbours` (asked on every tick), until a change.
         self._neighbours: tuple[str, str | None, str | None] | None = None
 
-    def _ring_sorted(self) -> list[tuple[int, str]]:
+    def _ring_sorted(self) -> list[RingKey]:
         if not self._sorted:
             self._ring.sort()
             self._sorted = True
@@ -108,8 +108,7 @@ class LiveIndex:
             return
         self._pos[name] = len(self._names)
         self._names.append(name)
-        key = self._keys[name] = (ring_position(name), name)
-        self._ring.append(key)
+        self._ring.append(ring_key(name))
         self._sorted = False
         self._neighbours = None
 
@@ -121,10 +120,9 @@ class LiveIndex:
         if last != name:  # swap-remove
             self._names[i] = last
             self._pos[last] = i
-        key = self._keys.pop(name)
         self._neighbours = None
         ring = self._ring_sorted()
-        del ring[bisect.bisect_left(ring, key)]
+        del ring[bisect.bisect_left(ring, ring_key(name))]
 
     def sample(self, rng: random.Random, k: int, exclude: str) -> list[str]:
         """Up to k distinct names other than `exclude`, drawn from `rng`."""
@@ -133,7 +131,7 @@ class LiveIndex:
             return []
         if n <= k:
             return [x for x in self._names if x != exclude]
-        picks = same_sample(rng, self._names, min(k + 1, len(self._names)))
+        picks = sample(rng, self._names, min(k + 1, len(self._names)))
         return [x for x in picks if x != exclude][:k]
 
     def neighbours(self, name: str) -> tuple[str | None, str | None]:
@@ -144,8 +142,8 @@ class LiveIndex:
         if name not in self._pos or len(self._ring) < 2:
             return None, None
         ring = self._ring_sorted()
-        j = bisect.bisect_left(ring, self._keys[name])
-        pred = ring[j - 1][1]
-        succ = ring[(j + 1) % len(ring)][1]
+        j = bisect.bisect_left(ring, ring_key(name))
+        pred: str = ring[j - 1][1]
+        succ: str = ring[(j + 1) % len(ring)][1]
         self._neighbours = (name, pred, succ)
         return pred, succ

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import trio
 
+from .alarm import ScopeAlarm, TimerFdAlarm, new_alarm
 from .config import GossipConfig
 from .core import Datagram, GossipEvent, GossipNode, StreamFrame
 from .crypto import Keyring
@@ -33,6 +34,8 @@ from .wire import MAX_PREAMBLE, Addr
 
 log = logging.getLogger("rumor.gossip.transport")
 _LEN = struct.Struct(">I")
+#: Datagrams read per wake-up before other tasks get a turn.
+_RECV_BATCH = 64
 
 
 def is_loopback(host: str) -> bool:
@@ -84,6 +87,7 @@ class GossipRuntime:
         generation: int | None = None,
         seed: int | None = None,
         on_events: Callable[[list[GossipEvent]], None] | None = None,
+        on_tick: Callable[[float], None] | None = None,
         setup: Callable[[GossipNode], None] | None = None,
         clock_skew: float = 0.0,
     ) -> None:
@@ -103,13 +107,16 @@ class GossipRuntime:
         self.generation = generation if generation is not None else time.time_ns() // 1_000_000
         self.rng = random.Random(seed) if seed is not None else random.Random()
         self.on_events = on_events
+        #: Called after each timer tick with its time: periodic work of the
+        #: application can ride on the core's wake-ups instead of adding its
+        #: own (an idle process's CPU is mostly its wake-ups; issue #18).
+        self.on_tick = on_tick
         self.setup = setup
         self.node: GossipNode | None = None  # set once bound
         self.addr: Addr | None = None
-        self._udp: trio.socket.SocketType | None = None
         self._raw: socket.socket
         self._nursery: trio.Nursery | None = None
-        self._timer: trio.CancelScope | None = None
+        self._alarm: TimerFdAlarm | ScopeAlarm | None = None  # the core's next deadline
         self._streams: set[Addr] = set()  # inbound streams being read
         self._streams_by_ip: dict[str, int] = {}
         self._clock_offset = time.time() - trio.current_time() if _in_trio() else 0.0
@@ -127,7 +134,8 @@ class GossipRuntime:
         # port, which a TCP socket may already hold: then pick again.
         for attempt in range(20):
             # A stdlib socket in non-blocking mode: sends are synchronous and never
-            # wait (a full buffer is loss, as on a wire); trio wraps it for receiving.
+            # wait (a full buffer is loss, as on a wire); receives wait on trio's
+            # readiness, then read without blocking.
             raw = socket.socket(family, socket.SOCK_DGRAM)
             raw.setblocking(False)
             try:
@@ -139,9 +147,8 @@ class GossipRuntime:
                 raw.close()
                 if port != 0 or attempt == 19:
                     raise
-        udp = trio.socket.from_stdlib_socket(raw)
         self._raw = raw
-        self._udp = udp
+        self._alarm = alarm = new_alarm()
         self.addr = (host, bound_port)
         self.node = GossipNode(
             self.name,
@@ -166,7 +173,9 @@ class GossipRuntime:
                     self.kick()
                 task_status.started(self.addr)
         finally:
-            udp.close()
+            trio.lowlevel.notify_closing(raw)
+            raw.close()
+            alarm.close()
 
     def kick(self) -> None:
         """Flush what the core wants to send and re-arm its timer. Call after
@@ -182,8 +191,8 @@ class GossipRuntime:
         events = node.take_events()
         if events and self.on_events is not None:
             self.on_events(events)
-        if self._timer is not None:
-            self._timer.deadline = node.next_deadline()
+        if self._alarm is not None:
+            self._alarm.set(node.next_deadline())
 
     def _send_datagram(self, out: Datagram) -> None:
         try:
@@ -207,25 +216,34 @@ class GossipRuntime:
             log.debug("stream to %s failed: %s", out.dst, e)
 
     async def _recv_loop(self) -> None:
-        assert self._udp is not None and self.node is not None
+        # Wait for readiness, then read what has come without blocking: one
+        # wake-up for a burst, and no trio socket wrapper around each read.
+        node, raw = self.node, self._raw
+        assert node is not None
         while True:
-            try:
-                data, src = await self._udp.recvfrom(65536)
-            except OSError as e:  # e.g. ICMP port unreachable surfaced on Linux
-                log.debug("recvfrom: %s", e)
-                continue
-            self.node.receive_datagram(data, (src[0], src[1]), trio.current_time())
-            self.kick()
+            await trio.lowlevel.wait_readable(raw)
+            for _ in range(_RECV_BATCH):
+                try:
+                    data, src = raw.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                except OSError as e:  # e.g. ICMP port unreachable surfaced on Linux
+                    log.debug("recvfrom: %s", e)
+                    continue
+                node.receive_datagram(data, (src[0], src[1]), trio.current_time())
+                self.kick()
 
     async def _timer_loop(self) -> None:
-        assert self.node is not None
-        while True:
-            with trio.CancelScope(deadline=self.node.next_deadline()) as scope:
-                self._timer = scope
-                await trio.sleep_forever()
-            self._timer = None
-            self.node.tick(trio.current_time())
+        node, alarm = self.node, self._alarm
+        assert node is not None and alarm is not None
+        while not node.left:  # a node that left ticks no more
+            alarm.set(node.next_deadline())
+            await alarm.wait()
+            now = trio.current_time()
+            node.tick(now)
             self.kick()
+            if self.on_tick is not None:
+                self.on_tick(now)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
         """One inbound stream: a sealed preamble within `stream_first_frame_s`,

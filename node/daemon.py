@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -48,7 +49,10 @@ log = logging.getLogger("rumor.node")
 #: Publish-loop runs with nothing changed before the loop slows to QUIET_PUBLISH.
 QUIET_AFTER = 5
 #: Seconds between publish-loop runs while the node is quiet (woken by `poke`).
+#: The run waits for the first gossip tick after that, so it shares a wake-up
+#: with the core; its own timer, QUIET_SLACK later, only fires when no tick came.
 QUIET_PUBLISH = 1.0
+QUIET_SLACK = 3.0
 
 HTTPStarter = Callable[..., Awaitable[None]]
 
@@ -87,7 +91,10 @@ class Daemon:
         self.operator = OperatorData(lambda: self.node, self._kick, self.store)
         self.snapshots = MemberSnapshots(self.store, SNAPSHOT_EVERY)
         self._poked = trio.Event()  # set by `poke`: run the publish loop now
+        self._by_tick = False  # the publish loop was woken by a gossip tick, not news
+        self._quiet_due = math.inf  # a gossip tick from then on runs the quiet publish
         self.publish_runs = 0  # runs of the publish loop so far
+        self.publish_runs_on_tick = 0  # of which started by a gossip tick (quiet)
 
     @property
     def node(self) -> GossipNode:
@@ -123,6 +130,7 @@ class Daemon:
             insecure=cfg.insecure,
             generation=self.generation,
             on_events=self._on_gossip_events,
+            on_tick=self._on_gossip_tick,
             setup=self.operator.register,
             clock_skew=cfg.clock_skew,
         )
@@ -180,12 +188,26 @@ class Daemon:
                 self.operator.save()
             self._save_snapshot(now)
             unchanged = 0 if changed or not self._quiet() else unchanged + 1
-            wait = self.config.interval if unchanged < QUIET_AFTER else QUIET_PUBLISH
             self._poked = trio.Event()
+            self._by_tick = False
+            if unchanged < QUIET_AFTER:
+                wait = self.config.interval
+            else:
+                # Quiet: run again on the first gossip tick QUIET_PUBLISH from now.
+                self._quiet_due = now + QUIET_PUBLISH
+                wait = QUIET_PUBLISH + QUIET_SLACK
             with trio.move_on_after(wait):
                 await self._poked.wait()
-            if self._poked.is_set():
+            self._quiet_due = math.inf
+            if self._by_tick:
+                self.publish_runs_on_tick += 1
+            elif self._poked.is_set():
                 unchanged = 0  # news: back to every interval until quiet again
+
+    def _on_gossip_tick(self, now: float) -> None:
+        if now >= self._quiet_due:
+            self._by_tick = True
+            self._poked.set()
 
     def poke(self) -> None:
         """Something may change what this node publishes or places (a request,
@@ -215,9 +237,12 @@ class Daemon:
 
     def placement(self) -> dict[str, list[str]]:
         """model -> nodes that should hold it, computed from this node's own view."""
+        catalog = self.operator.catalog()
+        if not catalog:
+            return {}  # nothing to place: skip reading every member's device
         draining = {self.name} if self.draining else set()
         view = GossipView(self.node)
-        return placement(self.operator.catalog(), self.operator.targets(), view.devices(), draining)
+        return placement(catalog, self.operator.targets(), view.devices(), draining)
 
     def place(self, now: float) -> None:
         mine = {m for m, nodes in self.placement().items() if self.name in nodes}

@@ -119,12 +119,16 @@ class SimNetwork:
         self.by_addr: dict[Addr, SimNode] = {}
         self.grudges: set[tuple[str, str]] = set()  # (receiver, sender): receiver refuses
         self._trace = hashlib.blake2b(digest_size=16)
-        self._addr_text: dict[Addr, str] = {}  # str(addr), as traced (formatted once)
+        self._addr_text: dict[Addr, bytes] = {}  # str(addr), as traced (encoded once)
         self.delivered = 0
         self.dropped = 0
         self.bytes_sent: dict[str, int] = {}
         self.messages_sent: dict[str, int] = {}
         self.on_deliver: Callable[[SimNode, Datagram | StreamFrame], None] | None = None
+        #: Called with each datagram or frame as its node sends it (under the
+        #: host model, when its job's send is done). A hook rather than a
+        #: patched `_send`: this class may run compiled (compiled_build.py).
+        self.on_send: Callable[[SimNode, Datagram | StreamFrame], None] | None = None
 
     # -- topology ------------------------------------------------------------
 
@@ -217,6 +221,8 @@ class SimNetwork:
             self._schedule(sn.next_tick, "tick", sn.name)
 
     def _send(self, sn: SimNode, out: Datagram | StreamFrame) -> None:
+        if self.on_send is not None:
+            self.on_send(sn, out)
         self.bytes_sent[sn.name] = self.bytes_sent.get(sn.name, 0) + len(out.data)
         self.messages_sent[sn.name] = self.messages_sent.get(sn.name, 0) + 1
         self._transmit(sn, out)
@@ -263,10 +269,11 @@ class SimNetwork:
         elif kind == "done":
             self._finish(*payload)
         elif kind == "start":
-            if payload.alive and self.nodes.get(payload.name) is payload and payload.inbox:
-                self._run_job(payload)
+            sn = payload
+            if sn.alive and self.nodes.get(sn.name) is sn and sn.inbox:
+                self._run_job(sn)
             else:
-                payload.running = False
+                sn.running = False
                 self._release_core()
                 self._dispatch()
         elif kind == "send":
@@ -313,10 +320,18 @@ class SimNetwork:
     def _deliver(self, dst: SimNode, kind: str, payload: Any) -> None:
         src, out = payload
         text = self._addr_text
-        src_text = text.get(src) or text.setdefault(src, str(src))
-        dst_text = text.get(out.dst) or text.setdefault(out.dst, str(out.dst))
-        self._trace.update(f"{self.now:.9f}|{src_text}|{dst_text}|".encode())
-        self._trace.update(out.data[:64])
+        src_text = text.get(src)
+        if src_text is None:
+            src_text = text[src] = str(src).encode()
+        dst_text = text.get(dst.addr)
+        if dst_text is None:
+            dst_text = text[dst.addr] = str(dst.addr).encode()
+        # The traced line: time, sender, receiver and the datagram's first 64
+        # bytes, fed to the hash in one piece. `b"%.9f" % t` spells t as
+        # f"{t:.9f}" does (both are CPython's correctly rounded 'f' format), and
+        # one update of a concatenation digests as two updates of its parts, so
+        # the hashes are those of the old two-update, f-string trace.
+        self._trace.update(b"%.9f|%b|%b|%b" % (self.now, src_text, dst_text, out.data[:64]))
         self.delivered += 1
         if kind == "frame":
             dst.node.receive_stream(out.data, src, self._local(dst))

@@ -1,6 +1,5 @@
-"""gossip.live.same_sample draws exactly what `random.Random.sample` draws:
-the same picks, and the generator left in the same state (the simulator's
-trace hashes rest on it)."""
+"""The live index's sampler against the standard library's `Random.sample`:
+the same picks and the same draws, so the trace hashes stay as they were."""
 
 from __future__ import annotations
 
@@ -8,32 +7,30 @@ import random
 
 import pytest
 
-from gossip.live import same_sample
+from gossip.live import LiveIndex, sample
 
 
-def test_same_picks_and_same_draws_as_the_standard_library() -> None:
-    cases = 0
-    for n in [*range(0, 30), 84, 85, 86, 100, 1000]:
-        population = [f"node{i}" for i in range(n)]
-        for k in sorted({0, 1, 2, 3, 5, 6, 7, 11, 22, n // 2, n - 1, n}):
-            if not 0 <= k <= n:
-                continue
-            for seed in range(5):
-                mine, theirs = random.Random(seed), random.Random(seed)
-                assert same_sample(mine, population, k) == theirs.sample(population, k)
-                assert mine.getstate() == theirs.getstate()
-                cases += 1
-    assert cases > 500  # both of the stdlib's branches (list pool, set), many times
+@pytest.mark.parametrize("seed", range(20))
+def test_sample_matches_the_stdlib(seed: int) -> None:
+    names = [f"node{i}" for i in range(300)]
+    for n in (1, 2, 5, 21, 22, 60, 84, 85, 86, 300):
+        for k in range(0, min(n, 12) + 1):
+            ours, theirs = random.Random(f"{seed}/{n}/{k}"), random.Random(f"{seed}/{n}/{k}")
+            assert sample(ours, names[:n], k) == theirs.sample(names[:n], k)
+            assert ours.getstate() == theirs.getstate()  # the same draws, no more
 
 
-def test_a_sample_too_large_fails_as_the_standard_library_does() -> None:
+def test_sample_rejects_what_the_stdlib_rejects() -> None:
     with pytest.raises(ValueError):
-        same_sample(random.Random(1), ["a", "b"], 3)
+        sample(random.Random(1), ["a", "b"], 3)
+    with pytest.raises(ValueError):
+        sample(random.Random(1), ["a", "b"], -1)
 
 
-def test_a_subclass_of_random_keeps_its_own_sample() -> None:
-    class Fixed(random.Random):
-        def sample(self, population, k, *, counts=None):  # type: ignore[no-untyped-def]
-            return list(population[:k])
-
-    assert same_sample(Fixed(1), ["c", "b", "a"], 2) == ["c", "b"]
+def test_index_sample_excludes_and_is_seeded() -> None:
+    index = LiveIndex()
+    for i in range(50):
+        index.add(f"n{i}")
+    a = index.sample(random.Random(7), 3, exclude="n0")
+    assert a == index.sample(random.Random(7), 3, exclude="n0")
+    assert len(set(a)) == 3 and "n0" not in a

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
 
 import pytest
 import trio
 
+import gossip.transport
+from gossip.alarm import ScopeAlarm, TimerFdAlarm
 from gossip.config import GossipConfig
 from gossip.crypto import Keyring
 from gossip.errors import LocalProtocolError
@@ -15,6 +18,8 @@ from gossip.transport import GossipRuntime
 from gossip.wire import Status
 
 from .helpers import KEY
+
+LINUX = sys.platform.startswith("linux")
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
@@ -25,7 +30,10 @@ async def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-async def test_five_nodes_on_loopback() -> None:
+@pytest.mark.parametrize("alarm", [ScopeAlarm, *([TimerFdAlarm] if LINUX else [])])
+async def test_five_nodes_on_loopback(alarm: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runtime's timer either way: a timerfd (Linux) or a cancel scope.
+    monkeypatch.setattr(gossip.transport, "new_alarm", alarm)
     config = GossipConfig()
     async with trio.open_nursery() as nursery:
         runtimes: list[GossipRuntime] = []
@@ -53,6 +61,7 @@ async def test_five_nodes_on_loopback() -> None:
 
             await nursery.start(run)
             assert rt.addr is not None and rt.addr[1] != 0  # the OS picked a port
+            assert type(rt._alarm) is alarm
             runtimes.append(rt)
             scopes.append(scope)
 

@@ -232,11 +232,13 @@ async def test_a_quiet_node_publishes_once_a_second_and_a_poke_wakes_it() -> Non
     async with running(cfg) as (daemon, client):
         # Quiet after QUIET_AFTER unchanged runs; then one run per QUIET_PUBLISH.
         await trio.sleep(cfg.interval * (QUIET_AFTER + 2) + QUIET_PUBLISH)
-        before = daemon.publish_runs
+        before, on_tick = daemon.publish_runs, daemon.publish_runs_on_tick
         await trio.sleep(3 * QUIET_PUBLISH)
         runs = daemon.publish_runs - before
         # 3 expected; every interval would be 15 (a busy host only makes it fewer).
         assert runs <= 6, f"{runs} publish runs in {3 * QUIET_PUBLISH:g} s of quiet"
+        # Each quiet run rode a gossip tick's wake-up rather than its own timer.
+        assert daemon.publish_runs_on_tick - on_tick == runs >= 1
         # A request (or a gossip event, an admin write) wakes it, and it runs
         # every interval again until quiet: 4-5 runs in the next 0.8 s, where
         # staying quiet would give at most 1.

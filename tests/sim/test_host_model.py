@@ -46,13 +46,11 @@ def _write(
     net = bootstrap(n, seed, link=LinkModel(latency=1e-5), host=host)
     net.run_for(1.0)
     sent: list[tuple[float, str]] = []
-    send = net._send
 
     def spy(sn: SimNode, out: Datagram | StreamFrame) -> None:
         sent.append((net.now, sn.name))
-        send(sn, out)
 
-    net._send = spy  # type: ignore[method-assign]
+    net.on_send = spy
     t0 = net.now
     net.local("node0", lambda node, now: node.set_key("k", 1, now))
     return net, t0, sent
