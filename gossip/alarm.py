@@ -94,7 +94,8 @@ class TimerFdAlarm:
     def set(self, deadline: float) -> None:
         if deadline != self.deadline:
             self.deadline = deadline
-            self._arm()
+            if self._fd >= 0:  # closed: the runtime stopped, a late kick is a no-op
+                self._arm()
 
     def _arm(self) -> None:
         value = self._spec.it_value

@@ -110,3 +110,10 @@ async def test_a_passed_deadline_still_lets_other_tasks_run(
 
 async def _append_soon(ran: list[int]) -> None:
     ran.append(1)
+
+
+async def test_setting_a_closed_alarm_is_harmless(alarm: ScopeAlarm | TimerFdAlarm) -> None:
+    # A kick after the runtime stopped (a daemon shutting down) re-arms it.
+    alarm.close()
+    alarm.set(trio.current_time() + 1)
+    alarm.close()
