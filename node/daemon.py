@@ -205,7 +205,8 @@ class Daemon:
                 unchanged = 0  # news: back to every interval until quiet again
 
     def _on_gossip_tick(self, now: float) -> None:
-        if now >= self._quiet_due:
+        # Not when news already woke the loop: that run must count as news.
+        if now >= self._quiet_due and not self._poked.is_set():
             self._by_tick = True
             self._poked.set()
 
