@@ -251,7 +251,13 @@ class NodeBase:
         raise NotImplementedError  # broadcast.Dissemination
 
     def _new_member(
-        self, name: str, generation: int, addr: Addr, now: float, rumor: Rumor | None = None
+        self,
+        name: str,
+        generation: int,
+        addr: Addr,
+        now: float,
+        rumor: Rumor | None = None,
+        announce: bool = True,
     ) -> None:
         raise NotImplementedError  # members.Membership
 

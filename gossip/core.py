@@ -237,13 +237,15 @@ class GossipNode(Membership):
 
     def warm_start(self, records: list[NodeDelta], now: float) -> None:
         """Know these members and their records at once, as if learned from a
-        SYNACK, announcing nothing (a simulator's or benchmark's warm start)."""
+        SYNACK, announcing nothing (a simulator's or benchmark's warm start):
+        the state a node starts from, not news, so no rumor is queued and no
+        JOIN event emitted for them."""
         self._bc_records.clear()
         for delta in records:
             if delta.name == self.name:
                 continue
             self.state.apply_delta(delta, now)
-            self._new_member(delta.name, delta.generation, delta.addr, now)
+            self._new_member(delta.name, delta.generation, delta.addr, now, announce=False)
         self._bc_rumors.clear()  # nothing to announce: all known
 
     def align_rounds(self, at: float) -> None:

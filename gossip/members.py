@@ -72,8 +72,17 @@ class Membership(FailureDetection):
         return True
 
     def _new_member(
-        self, name: str, generation: int, addr: Addr, now: float, rumor: Rumor | None = None
+        self,
+        name: str,
+        generation: int,
+        addr: Addr,
+        now: float,
+        rumor: Rumor | None = None,
+        announce: bool = True,
     ) -> None:
+        """Know a member first heard of now. `announce=False` (a warm start:
+        the member is part of the state we start from, known to every peer,
+        not news) emits no JOIN event and queues no rumor of it."""
         old = self.members.get(name)
         if old is not None and self.state.records.get(name) is not None:
             rec = self.state.records[name]
@@ -88,9 +97,10 @@ class Membership(FailureDetection):
         if m.status == Status.SUSPECT:
             self._start_suspicion(m, now, confirm=False)
         self.table.sync(name)
-        self._emit(EventType.JOIN, name, now)
-        if m.status == Status.ALIVE:
-            self._queue_rumor(name)
+        if announce:
+            self._emit(EventType.JOIN, name, now)
+            if m.status == Status.ALIVE:
+                self._queue_rumor(name)
 
     def _apply_rumor(self, r: Rumor, now: float, reply_to: Addr | None = None) -> None:
         if r.name == self.name:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
+from sim.network import SimNetwork, bootstrap
 from sim.runner import run_scenario
 from sim.scenario import Scenario, ScenarioError, load_scenario, scenario_from_dict
 from sim.theory import rounds_to_inform_all
@@ -20,6 +21,33 @@ def test_same_seed_same_run_different_seed_different_run() -> None:
     assert a["dissemination"] == b["dissemination"]
     c = run_scenario(scn.with_overrides(seed=5))
     assert c["trace_hash"] != a["trace_hash"]
+
+
+def test_a_warm_start_is_the_state_joins_reach_and_is_not_news() -> None:
+    n = 12
+    warm = bootstrap(n, 3)
+    cold = SimNetwork(3)
+    cold.add_node("node0")
+    for i in range(1, n):
+        cold.add_node(f"node{i}", join=["node0"])
+    assert cold.run_until_true(
+        lambda: cold.converged() and all(len(sn.node.live_members()) == n for sn in cold.live()),
+        30.0,
+    )
+    # The same records, so the same state hash, and the same live members.
+    assert {sn.node.state.hash for sn in warm.live()} == {cold.nodes["node0"].node.state.hash}
+    for name, sn in warm.nodes.items():
+        assert sorted(m.name for m in sn.node.live_members()) == sorted(
+            m.name for m in cold.nodes[name].node.live_members()
+        )
+    # Not news: a node warm-started by hand emits no JOIN event for the
+    # members it starts with (nor does it queue rumors: the trace hashes).
+    fresh = SimNetwork(3)
+    me = fresh.add_node("node0")
+    me.take_events()
+    me.warm_start([sn.node.own.delta_since(0, reset=True) for sn in warm.live()], fresh.now)
+    assert len(me.live_members()) == n
+    assert me.take_events() == []
 
 
 def test_timeline_scenario_measures_faults(tmp_path: Path) -> None:
