@@ -87,8 +87,7 @@ class Membership(FailureDetection):
         if old is not None and self.state.records.get(name) is not None:
             rec = self.state.records[name]
             if rec.generation < generation:
-                self.state.records.pop(name)
-                self.state.touched(name)
+                self.state.drop_record(name)
         m = Member(name, generation, addr, status_since=now, last_heard=now)
         if rumor is not None:
             m.incarnation, m.status = rumor.incarnation, rumor.status

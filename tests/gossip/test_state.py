@@ -76,3 +76,35 @@ def test_a_held_deletion_keeps_the_record_on_the_tombstone_list() -> None:
     state.with_tombstones.clear()
     assert state.apply_delta(gone, 2.0) == ("stale", [])
     assert "n1" in state.with_tombstones
+
+
+def test_the_hash_is_always_that_of_the_records_held() -> None:
+    """The O(1) state hash (each record's digest kept on the record) equals
+    the XOR over the records held, through new records, new generations that
+    replace old ones, removals and own writes, in any order."""
+    from gossip.state import _record_digest
+
+    rng = random.Random(11)
+    state = ClusterState()
+    own = state.add_record("me", 1, A, 0.0)
+    for step in range(400):
+        name = f"n{rng.randrange(6)}"
+        roll = rng.random()
+        if roll < 0.45:
+            gen = rng.randrange(1, 4)
+            ups = tuple(KeyUpdate(f"k{i}", i + 1, i) for i in range(rng.randrange(3)))
+            state.apply_delta(NodeDelta(name, gen, B, 0, ups, True), float(step))
+        elif roll < 0.6:
+            state.remove_record(name, 1, float(step))
+            state.tombstones.pop(name, None)  # so the name may come back
+        elif roll < 0.7:
+            state.drop_record(name)
+        elif roll < 0.8:
+            own = state.add_record("me", own.generation + 1, A, float(step))
+        else:
+            own.set_local("x", step, float(step))
+            state.touched("me")
+        expected = 0
+        for rec in state.records.values():
+            expected ^= _record_digest(rec.name, rec.generation, rec.max_version)
+        assert state.hash == expected, step
