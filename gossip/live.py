@@ -30,6 +30,14 @@ def ring_key(name: str) -> RingKey:
     return key
 
 
+#: The ring this process sorted last (a copy). Nodes that know the same
+#: members sort the same ring: every simulated node after a warm start, once
+#: each, on its first tick. The first sorts; the others find they hold the
+#: same names (N set look-ups instead of a sort's N log N tuple comparisons,
+#: 0.2 s of a 1,000-node simulation) and copy it.
+_last_sorted: list[list[RingKey]] = [[]]
+
+
 def _below(rng: random.Random, n: int) -> int:
     """A uniform int in [0, n), drawn as `random.Random._randbelow` draws it
     (getrandbits of n's bit length, redrawn until below n)."""
@@ -93,7 +101,19 @@ class LiveIndex:
 
     def _ring_sorted(self) -> list[RingKey]:
         if not self._sorted:
-            self._ring.sort()
+            last = _last_sorted[0]
+            same = len(last) == len(self._ring)
+            if same:
+                pos = self._pos
+                for key in last:
+                    if key[1] not in pos:
+                        same = False
+                        break
+            if same:  # the same N distinct names: the same sorted ring
+                self._ring = list(last)
+            else:
+                self._ring.sort()
+                _last_sorted[0] = list(self._ring)
             self._sorted = True
         return self._ring
 
