@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from gossip import live
 from gossip.live import LiveIndex, ring_key, sample
 
 
@@ -41,25 +42,42 @@ def _ring_by_sorting(names: list[str]) -> list[str]:
     return [k[1] for k in sorted(ring_key(n) for n in names)]
 
 
+def _index(names: list[str], rng: random.Random) -> LiveIndex:
+    order = names[:]
+    rng.shuffle(order)
+    index = LiveIndex()
+    for n in order:
+        index.add(n)
+    return index
+
+
+def _assert_ring(index: LiveIndex, names: list[str]) -> None:
+    ring = _ring_by_sorting(names)
+    for i, n in enumerate(ring):
+        assert index.neighbours(n) == (ring[i - 1], ring[(i + 1) % len(ring)])
+
+
 def test_neighbours_are_those_of_the_sorted_ring_whichever_index_sorted_first() -> None:
-    """Indices holding the same names share the last sorted ring (copied, not
-    re-sorted); one holding other names, or as many different ones, sorts its own."""
+    """An index holding the same names as the ring sorted last copies that
+    ring (it does not sort, and shares no list with it); one holding other
+    names, or as many different ones, or fewer, sorts its own."""
     rng = random.Random(5)
     names = [f"node{i}" for i in range(50)]
-    others = [f"other{i}" for i in range(50)]  # as many names, none shared
-    fewer = names[:49]
-    for population in (names, names, others, fewer, names, others):
-        order = population[:]
-        rng.shuffle(order)
-        index = LiveIndex()
-        for n in order:
-            index.add(n)
-        ring = _ring_by_sorting(population)
-        for i, n in enumerate(ring):
-            assert index.neighbours(n) == (ring[i - 1], ring[(i + 1) % len(ring)])
-        # and it stays its own: changes to it reach no other index
-        index.discard(ring[0])
-        index.add("late")
-        ring = _ring_by_sorting([*ring[1:], "late"])
-        for i, n in enumerate(ring):
-            assert index.neighbours(n) == (ring[i - 1], ring[(i + 1) % len(ring)])
+    first = _index(names, rng)
+    _assert_ring(first, names)
+    sorted_last = live._last_sorted[0]
+    second = _index(names, rng)  # the same names, added in another order
+    _assert_ring(second, names)
+    assert live._last_sorted[0] is sorted_last  # copied, not sorted again
+    # Each holds its own list: a change to one reaches no other.
+    second.discard(_ring_by_sorting(names)[0])
+    second.add("late")
+    _assert_ring(second, [*_ring_by_sorting(names)[1:], "late"])
+    _assert_ring(first, names)
+    for population in (
+        [f"other{i}" for i in range(50)],  # as many names, none shared
+        names[:49],  # fewer
+        [*names[:49], "late"],  # as many, one different
+        names,
+    ):
+        _assert_ring(_index(population, rng), population)
