@@ -41,7 +41,8 @@ def test_a_warm_start_is_the_state_joins_reach_and_is_not_news() -> None:
             m.name for m in cold.nodes[name].node.live_members()
         )
     # Not news: a node warm-started by hand emits no JOIN event for the
-    # members it starts with (nor does it queue rumors: the trace hashes).
+    # members it starts with. (Nor does it queue rumors of them, which only
+    # its messages would show: bench/trace_hashes.py, unchanged by this.)
     fresh = SimNetwork(3)
     me = fresh.add_node("node0")
     me.take_events()
