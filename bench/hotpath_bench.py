@@ -23,7 +23,12 @@ Cases:
   which the asker applies and forwards.
 
     flock /work/bench.lock .venv/bin/python bench/hotpath_bench.py \
-        [--nodes 100] [--count 2000] [--repeats 5] [--json] [--profile out/hotpath.txt]
+        [--nodes 100] [--count 2000] [--repeats 5] [--json] [--profile out/hotpath.txt] \
+        [--gossip-opt KEY=VALUE ...]
+
+`--gossip-opt` sets any gossip.config.GossipConfig field, as `rumor sim`'s
+does: `--gossip-opt eager_push=false` measures a first push whose forward
+waits for the next round instead of running inside the receive.
 
 Reports microseconds per message, the best of the repeats (as timeit does:
 on a shared machine the slower repeats measure the neighbours), and the
@@ -47,9 +52,11 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from gossip.config import GossipConfig
 from gossip.core import Datagram, GossipNode
 from gossip.crypto import Keyring
 from gossip.wire import MsgType
+from node.config import gossip_config, parse_pairs
 from sim.network import SimNetwork, bootstrap
 
 
@@ -78,9 +85,9 @@ class Cluster:
         return self.t
 
 
-def make_cluster(n: int, seed: int) -> Cluster:
+def make_cluster(n: int, seed: int, config: GossipConfig | None = None) -> Cluster:
     keyring = Keyring.generate(random.Random(seed))
-    net = bootstrap(n, seed, keyring=keyring)
+    net = bootstrap(n, seed, keyring=keyring, config=config)
     nodes = [net.nodes[f"node{i}"].node for i in range(3)]
     for node in nodes:
         node.take_outgoing()
@@ -132,12 +139,19 @@ def case_push(cl: Cluster, timer: Timer, key: list[int]) -> None:
     a, b, c = cl.a, cl.b, cl.c
     key[0] += 1
     value = "v" * 97 + str(key[0] % 1000).rjust(3, "0")
-    timer.time("push send (1 encode, 5 seals)", lambda: a.set_key("k", value, cl.tick_time()))
+    eager = a.config.eager_push
+    label = "push send (1 encode, 5 seals)" if eager else "local write (push waits for a round)"
+    timer.time(label, lambda: a.set_key("k", value, cl.tick_time()))
+    if not eager:  # the round's push, built by the same code, to b and c only
+        a._push_to([b.name, c.name], cl.tick_time())
     first = sent(a)[0]
     c.receive_datagram(first, a.addr, cl.tick_time())  # c forwards it
+    if not eager:
+        c._push_to([b.name], cl.tick_time())
     forwarded = sent(c)[0]
     timer.time(
-        "push receive, first (applies, forwards)", lambda: drive(b, first, a.addr, cl.tick_time())
+        "push receive, first (applies, forwards)" if eager else "push receive, first (applies)",
+        lambda: drive(b, first, a.addr, cl.tick_time()),
     )
     timer.time("push receive, duplicate", lambda: drive(b, forwarded, c.addr, cl.tick_time()))
 
@@ -155,6 +169,8 @@ def case_pull(cl: Cluster, timer: Timer, key: list[int]) -> None:
     a, b, c = cl.a, cl.b, cl.c
     key[0] += 1
     c.set_key("k", "w" * 97 + str(key[0] % 1000).rjust(3, "0"), cl.tick_time())
+    if not c.config.eager_push:
+        c._push_to([a.name], cl.tick_time())
     a.receive_datagram(sent(c)[0], c.addr, cl.tick_time())
     a.take_outgoing()
     rec = b.state.records[c.name]
@@ -196,8 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--profile", help="write pyinstrument's text profile here")
+    ap.add_argument(
+        "--gossip-opt",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a gossip.config.GossipConfig field (repeatable), e.g. eager_push=false",
+    )
     args = ap.parse_args(argv)
-    cl = make_cluster(args.nodes, args.seed)
+    opts = parse_pairs(args.gossip_opt, "gossip_opt")
+    cl = make_cluster(args.nodes, args.seed, gossip_config(opts) if opts else None)
     timer = Timer()
     key = [0]
     run_all(cl, max(50, args.count // 10), Timer(), key)  # warm up
@@ -213,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": args.nodes,
         "count": args.count,
         "repeats": args.repeats,
+        "gossip_opts": opts,
         "us_per_message": rows,
         "us_per_message_median": medians,
     }
@@ -220,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
     else:
         head = f"N={args.nodes}, {args.count} messages x {args.repeats}, compiled={_compiled()}"
+        if opts:
+            head += f", gossip {opts}"
         print(head)
         print(f"  {'us per message':45s} {'best':>8s} {'median':>8s}")
         for label, us in rows.items():
