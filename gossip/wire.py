@@ -354,6 +354,11 @@ def _parse_ping(m: Message, b: list[Any]) -> None:
     m.seq = _uint(b[0], "seq")
     m.target = _name(b[1], "target")
     m.state_hash = _uint(b[2], "hash")
+    _probe_tail(m, b)
+
+
+def _probe_tail(m: Message, b: list[Any]) -> None:
+    """What PING and PING_REQ carry after their third field, at the same places."""
     m.rumors = _rumors(b[3])
     m.wall_ms = _extra(b, 4, "wall")
     m.target_gen = _extra(b, 5, "target generation")
@@ -372,9 +377,7 @@ def _parse_ping_req(m: Message, b: list[Any]) -> None:
     m.seq = _uint(b[0], "seq")
     m.target = _name(b[1], "target")
     m.target_addr = _parse_addr(b[2], "target addr")
-    m.rumors = _rumors(b[3])
-    m.wall_ms = _extra(b, 4, "wall")
-    m.target_gen = _extra(b, 5, "target generation")
+    _probe_tail(m, b)
 
 
 def _parse_syn(m: Message, b: list[Any]) -> None:
